@@ -1,0 +1,302 @@
+"""The shared-memory price book (contract §5): layout, seqlock codec,
+create / attach / validate, and the single writer.
+
+The record codec works on any writable buffer, so it is tested without a
+segment. NumPy views describe the same layout for readers that want arrays.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import sys
+import time
+from multiprocessing import resource_tracker, shared_memory
+from typing import NamedTuple
+
+import _posixshmem
+import numpy as np
+
+MAGIC = b"TSTKBOOK"
+VERSION = 1
+HEADER_SIZE = 128
+RECORD_SIZE = 64
+SYMBOL_SIZE = 16
+READ_TRIES = 1000
+
+HEADER_DTYPE = np.dtype(
+    {
+        "names": ["magic", "version", "capacity", "nsymbols", "record_size", "symbols_offset",
+                  "records_offset", "created_ns", "writer_pid", "writer_heartbeat_ns", "generation"],
+        "formats": ["S8", "<u4", "<u4", "<u4", "<u4", "<u4", "<u4", "<u8", "<u8", "<u8", "<u8"],
+        "offsets": [0, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56],
+        "itemsize": HEADER_SIZE,
+    }
+)
+RECORD_DTYPE = np.dtype(
+    {
+        "names": ["seq", "price", "ts_ns", "recv_ns", "tick_seq", "updates"],
+        "formats": ["<u8", "<f8", "<u8", "<u8", "<u8", "<u8"],
+        "offsets": [0, 8, 16, 24, 32, 40],
+        "itemsize": RECORD_SIZE,
+    }
+)
+
+_U64 = struct.Struct("<Q")
+_FIELDS = struct.Struct("<dQQQQ")  # price, ts_ns, recv_ns, tick_seq, updates
+_HDR = struct.Struct("<8sIIIIII")  # magic .. records_offset
+_OFF_CREATED, _OFF_PID, _OFF_HEARTBEAT, _OFF_GENERATION = 32, 40, 48, 56
+
+
+class BookError(Exception):
+    """The segment is missing, foreign or incompatible."""
+
+
+class WriterConflict(BookError):
+    """Another live writer holds the segment."""
+
+
+class Record(NamedTuple):
+    """One consistent read of a slot."""
+
+    seq: int
+    price: float
+    ts_ns: int
+    recv_ns: int
+    tick_seq: int
+    updates: int
+
+
+def layout(capacity: int) -> tuple[int, int]:
+    """(records_offset, total size) of a segment with ``capacity`` slots."""
+    records = -(-(HEADER_SIZE + capacity * SYMBOL_SIZE) // 64) * 64
+    return records, records + capacity * RECORD_SIZE
+
+
+# --- the seqlock record codec -------------------------------------------------
+
+
+def write_record(buf: memoryview | bytearray, off: int, price: float, ts_ns: int, recv_ns: int, tick_seq: int) -> None:
+    """Seqlock write: seq to odd, the fields, seq to even. Single writer only."""
+    seq = _U64.unpack_from(buf, off)[0]
+    updates = _U64.unpack_from(buf, off + 40)[0]
+    seq += 1 + (seq & 1)  # odd (a stray odd seq is skipped past, not reused)
+    _U64.pack_into(buf, off, seq)
+    _FIELDS.pack_into(buf, off + 8, price, ts_ns, recv_ns, tick_seq, updates + 1)
+    _U64.pack_into(buf, off, seq + 1)
+
+
+def read_record(buf: memoryview | bytearray, off: int, tries: int = READ_TRIES) -> Record | None:
+    """Seqlock read; None when no consistent copy was had in ``tries``."""
+    for _ in range(tries):
+        s1 = _U64.unpack_from(buf, off)[0]
+        if s1 & 1:
+            continue
+        fields = _FIELDS.unpack_from(buf, off + 8)
+        if _U64.unpack_from(buf, off)[0] == s1:
+            return Record(s1, *fields)
+    return None
+
+
+def repair_record(buf: memoryview | bytearray, off: int) -> bool:
+    """Make an odd seq (a writer died mid-write) even again; True if it was odd."""
+    seq = _U64.unpack_from(buf, off)[0]
+    if seq & 1:
+        _U64.pack_into(buf, off, seq + 1)
+        return True
+    return False
+
+
+# --- the segment --------------------------------------------------------------
+
+
+def _open(name: str, create: bool, size: int = 0) -> shared_memory.SharedMemory:
+    """Open a segment without the resource tracker, which on Python < 3.13
+    unlinks every segment a process attached to when that process exits."""
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name, create=create, size=size, track=False)  # type: ignore[call-arg]
+    register = resource_tracker.register
+    resource_tracker.register = lambda *a, **k: None  # type: ignore[assignment]
+    try:
+        return shared_memory.SharedMemory(name, create=create, size=size)
+    finally:
+        resource_tracker.register = register  # type: ignore[assignment]
+
+
+def unlink(name: str) -> bool:
+    """Remove the segment (only deploy/down and tests do); True if it existed."""
+    try:
+        _posixshmem.shm_unlink("/" + name)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def path_of(name: str) -> str:
+    return f"/dev/shm/{name}"
+
+
+def _inode(name: str) -> int | None:
+    try:
+        return os.stat(path_of(name)).st_ino
+    except FileNotFoundError:
+        return None
+
+
+class Segment:
+    """An open book segment: header fields, symbols and record reads."""
+
+    def __init__(self, name: str, shm: shared_memory.SharedMemory) -> None:
+        self.name = name
+        self._shm = shm
+        self.buf = shm.buf
+        self.inode = os.fstat(shm._fd).st_ino  # type: ignore[attr-defined]
+        magic, version, capacity, nsym, rsize, soff, roff = _HDR.unpack_from(self.buf, 0)
+        if magic != MAGIC:
+            raise BookError(f"segment {name}: bad magic {magic!r} (not a tradestack book, or not finished)")
+        if version != VERSION or rsize != RECORD_SIZE or soff != HEADER_SIZE:
+            raise BookError(f"segment {name}: version {version}, record_size {rsize}; expected {VERSION}, {RECORD_SIZE}")
+        if nsym > capacity or layout(capacity)[0] != roff or len(self.buf) < layout(capacity)[1]:
+            raise BookError(f"segment {name}: inconsistent header (capacity {capacity}, nsymbols {nsym})")
+        self.capacity = capacity
+        self.records_offset = roff
+        self.symbols = [
+            bytes(self.buf[soff + i * SYMBOL_SIZE : soff + (i + 1) * SYMBOL_SIZE]).rstrip(b"\0").decode("ascii")
+            for i in range(nsym)
+        ]
+        self.slots = {s: i for i, s in enumerate(self.symbols)}
+
+    @classmethod
+    def create(cls, name: str, symbols: list[str] | tuple[str, ...]) -> Segment:
+        """Create a new segment (mode 0600) with the magic written last."""
+        roff, size = layout(len(symbols))
+        shm = _open(name, True, size)
+        buf = shm.buf
+        _HDR.pack_into(buf, 0, b"\0" * 8, VERSION, len(symbols), len(symbols), RECORD_SIZE, HEADER_SIZE, roff)
+        _U64.pack_into(buf, _OFF_CREATED, time.time_ns())
+        for i, s in enumerate(symbols):
+            raw = s.encode("ascii")
+            buf[HEADER_SIZE + i * SYMBOL_SIZE : HEADER_SIZE + i * SYMBOL_SIZE + len(raw)] = raw
+        buf[0:8] = MAGIC
+        return cls(name, shm)
+
+    @classmethod
+    def attach(cls, name: str) -> Segment:
+        """Attach to an existing segment and check its header."""
+        try:
+            shm = _open(name, False)
+        except FileNotFoundError:
+            raise BookError(f"segment {name} does not exist") from None
+        if shm.size < HEADER_SIZE:
+            shm.close()
+            raise BookError(f"segment {name}: {shm.size} bytes, too small for a header")
+        try:
+            return cls(name, shm)
+        except BookError:
+            shm.close()
+            raise
+
+    def check_symbols(self, symbols: list[str] | tuple[str, ...]) -> None:
+        """Raise BookError unless the segment holds exactly these symbols."""
+        if list(symbols) != self.symbols:
+            raise BookError(f"segment {self.name}: symbols {self.symbols} differ from config {list(symbols)}")
+
+    def header(self) -> np.ndarray:
+        """A NumPy view of the header (drop it before ``close``)."""
+        return np.ndarray((), dtype=HEADER_DTYPE, buffer=self.buf, offset=0)
+
+    def records(self) -> np.ndarray:
+        """A NumPy view of the records (unsynchronised; drop it before ``close``)."""
+        return np.ndarray((self.capacity,), dtype=RECORD_DTYPE, buffer=self.buf, offset=self.records_offset)
+
+    @property
+    def size(self) -> int:
+        return len(self.buf)
+
+    @property
+    def generation(self) -> int:
+        return _U64.unpack_from(self.buf, _OFF_GENERATION)[0]
+
+    @property
+    def writer_pid(self) -> int:
+        return _U64.unpack_from(self.buf, _OFF_PID)[0]
+
+    @property
+    def writer_heartbeat_ns(self) -> int:
+        return _U64.unpack_from(self.buf, _OFF_HEARTBEAT)[0]
+
+    def age_ms(self, now_ns: int | None = None) -> float:
+        """Milliseconds since the writer's last heartbeat (inf: no writer)."""
+        if self.writer_pid == 0:
+            return float("inf")
+        hb = self.writer_heartbeat_ns
+        return ((now_ns or time.time_ns()) - hb) / 1e6 if hb else float("inf")
+
+    def offset(self, slot: int) -> int:
+        return self.records_offset + slot * RECORD_SIZE
+
+    def read(self, slot: int, tries: int = READ_TRIES) -> Record | None:
+        """A consistent copy of one slot, or None if none was had."""
+        return read_record(self.buf, self.records_offset + slot * RECORD_SIZE, tries)
+
+    def replaced(self) -> bool:
+        """True when the name no longer points at this segment (removed or re-created)."""
+        return _inode(self.name) != self.inode
+
+    def close(self) -> None:
+        """Unmap (never unlink)."""
+        self.buf = None  # type: ignore[assignment]
+        try:
+            self._shm.close()
+        except BufferError:
+            pass  # a NumPy view is still alive; the mapping goes with the process
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Writer:
+    """The single writer: takes the segment over, writes ticks, beats."""
+
+    def __init__(self, seg: Segment, pid: int | None = None) -> None:
+        self.seg = seg
+        self.pid = pid or os.getpid()
+        fd = seg._shm._fd  # type: ignore[attr-defined]
+        try:
+            # Held until we close or die; the kernel frees it on kill -9.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WriterConflict(f"segment {seg.name}: another writer (pid {seg.writer_pid}) holds it") from None
+        old = seg.writer_pid
+        if old and old != self.pid and _alive(old):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            raise WriterConflict(f"segment {seg.name}: writer pid {old} is still alive")
+        buf = seg.buf
+        self.repaired = [s for i, s in enumerate(seg.symbols) if repair_record(buf, seg.offset(i))]
+        self.generation = seg.generation + 1
+        _U64.pack_into(buf, _OFF_GENERATION, self.generation)
+        _U64.pack_into(buf, _OFF_PID, self.pid)
+        self.heartbeat()
+
+    def write(self, slot: int, price: float, ts_ns: int, tick_seq: int) -> None:
+        """Publish one tick to a slot."""
+        write_record(self.seg.buf, self.seg.records_offset + slot * RECORD_SIZE, price, ts_ns, time.time_ns(), tick_seq)
+
+    def heartbeat(self, now_ns: int | None = None) -> None:
+        """Tell readers the writer lives."""
+        _U64.pack_into(self.seg.buf, _OFF_HEARTBEAT, now_ns or time.time_ns())
+
+    def release(self) -> None:
+        """Give the segment up on a clean stop: no writer, so readers see it stale."""
+        if self.seg.buf is not None and self.seg.writer_pid == self.pid:
+            _U64.pack_into(self.seg.buf, _OFF_PID, 0)

@@ -1,0 +1,192 @@
+"""The book's two daemons: bootstrap keeps the segment, orderbook writes it.
+
+Bootstrap creates the segment (or validates the one it finds) and re-creates
+it if it vanishes. The orderbook takes the segment over as its only writer,
+subscribes to prices and writes every tick, resynchronising from the
+snapshot after each reconnect.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+from shared import config as config_mod
+from shared.book import BookError, Segment, Writer, WriterConflict
+from shared.net import Client, Conn, Loop, backoff
+from shared.protocol import BadMessage, Heartbeat, Hello, Message, Price
+
+CHECK_S = 0.25  # how often a segment is checked for removal
+
+
+class Keeper:
+    """bootstrap: makes sure the segment exists and matches the config."""
+
+    def __init__(self, cfg: config_mod.Config, log: Any) -> None:
+        self.cfg, self.log = cfg, log
+        self.name = cfg.book.segment
+        self.seg: Segment | None = None
+        self.ensure()
+
+    def ensure(self) -> None:
+        """Attach and validate, or create; an incompatible segment is fatal."""
+        try:
+            seg = Segment.attach(self.name)
+        except BookError as e:
+            if "does not exist" not in str(e):
+                self.log.error("segment_incompatible", segment=self.name, error=str(e))
+                raise SystemExit(1) from None
+            try:
+                seg = Segment.create(self.name, self.cfg.symbols)
+            except FileExistsError:  # someone raced us: validate theirs next turn
+                return
+            self.seg = seg
+            self.log.info("segment_created", segment=self.name, generation=seg.generation,
+                          size=seg.size, symbols=seg.symbols)
+            return
+        try:
+            seg.check_symbols(self.cfg.symbols)
+        except BookError as e:
+            seg.close()
+            self.log.error("segment_incompatible", segment=self.name, error=str(e))
+            raise SystemExit(1) from None
+        self.seg = seg
+        self.log.info("segment_attached", segment=self.name, generation=seg.generation, size=seg.size)
+
+    def step(self) -> None:
+        time.sleep(CHECK_S)
+        if self.seg is None or self.seg.replaced():
+            if self.seg is not None:
+                self.log.error("segment_missing", segment=self.name)
+                self.seg.close()
+                self.seg = None
+            self.ensure()
+
+    def shutdown(self, deadline: float) -> None:
+        if self.seg is not None:
+            self.seg.close()  # never unlink: only deploy/down removes the segment
+
+
+_price_decoder = msgspec.json.Decoder(Price | Hello | Heartbeat)
+
+
+class BookWriter:
+    """orderbook: price subscriber and the book's single writer."""
+
+    def __init__(self, cfg: config_mod.Config, log: Any) -> None:
+        self.cfg, self.log = cfg, log
+        self.loop = Loop()
+        self.seg: Segment | None = None
+        self.writer: Writer | None = None
+        self.attach_attempt = 0
+        self.next_attach = 0.0
+        self.next_check = 0.0
+        self.next_beat = 0.0
+        g = cfg.gateway
+        self.client = Client(self.loop, log, g.host, g.price_port, "price", self._connected, self._on_message,
+                             decoder=_price_decoder)
+        self.client.enabled = False  # until the segment is ours
+        self.session: str | None = None
+        self.expected: int | None = None
+        self.timeout_s = 3 * g.heartbeat_ms / 1000
+        self.unknown: set[str] = set()
+        self.ticks = 0
+
+    def _attach(self, now: float) -> None:
+        name = self.cfg.book.segment
+        try:
+            seg = Segment.attach(name)
+            seg.check_symbols(self.cfg.symbols)
+        except BookError as e:
+            self.attach_attempt += 1
+            delay = backoff(self.attach_attempt)
+            self.next_attach = now + delay
+            self.log.warning("segment_wait", segment=name, attempt=self.attach_attempt,
+                             delay_ms=round(delay * 1000), error=str(e))
+            return
+        try:
+            self.writer = Writer(seg)
+        except WriterConflict as e:
+            seg.close()
+            self.log.error("writer_conflict", segment=name, error=str(e))
+            raise SystemExit(3) from None
+        self.seg = seg
+        self.attach_attempt = 0
+        self.log.info("segment_attached", segment=name, generation=self.writer.generation)
+        if self.writer.repaired:
+            self.log.warning("segment_repaired", segment=name, generation=self.writer.generation,
+                             symbols=self.writer.repaired)
+        self.slots = seg.slots
+        self.client.enabled = True
+
+    def _detach(self, reason: str) -> None:
+        self.log.error("segment_lost", segment=self.cfg.book.segment, reason=reason)
+        self.client.enabled = False
+        if self.client.conn is not None:
+            self.client.conn.close(reason)
+        if self.seg is not None:
+            self.seg.close()
+        self.seg = self.writer = None
+
+    def _connected(self, conn: Conn) -> None:
+        self.expected = None  # resynchronise: hello, then the snapshot
+
+    def _on_message(self, conn: Conn, msg: Message | BadMessage) -> None:
+        t = type(msg)
+        if t is Price:
+            p: Price = msg  # type: ignore[assignment]
+            if not p.snapshot:
+                if self.expected is not None and p.seq != self.expected:
+                    self.log.warning("gap_detected", expected=self.expected, got=p.seq, session=self.session)
+                self.expected = p.seq + 1
+            slot = self.slots.get(p.symbol)
+            if slot is None:
+                if p.symbol not in self.unknown:
+                    self.unknown.add(p.symbol)
+                    self.log.warning("unknown_symbol", symbol=p.symbol)
+                return
+            assert self.writer is not None
+            self.writer.write(slot, p.price, p.ts_ns, p.seq)
+            self.ticks += 1
+        elif t is Hello:
+            h: Hello = msg  # type: ignore[assignment]
+            if h.session != self.session:
+                self.log.info("session", stream="price", session=h.session, previous=self.session)
+                self.session = h.session
+            self.expected = h.next_seq
+            self.timeout_s = 3 * h.heartbeat_ms / 1000
+        elif t is Heartbeat:
+            hb: Heartbeat = msg  # type: ignore[assignment]
+            if hb.seq is not None and self.expected is not None and hb.seq >= self.expected:
+                self.log.warning("gap_detected", expected=self.expected, got=hb.seq + 1, session=self.session)
+                self.expected = hb.seq + 1
+
+    def step(self) -> None:
+        now = time.monotonic()
+        if self.writer is None:
+            if now >= self.next_attach:
+                self._attach(now)
+            if self.writer is None:
+                time.sleep(min(0.05, max(self.next_attach - now, 0.0)))
+                return
+        assert self.writer is not None and self.seg is not None
+        if now >= self.next_beat:
+            self.writer.heartbeat()
+            self.next_beat = now + 0.02
+        if now >= self.next_check:
+            self.next_check = now + CHECK_S
+            if self.seg.replaced():
+                self._detach("segment_replaced")
+                return
+        self.client.poll(now)
+        self.client.check_alive(now, self.timeout_s)
+        self.loop.run_once(max(0.0, min(self.next_beat - time.monotonic(), 0.02)))
+
+    def shutdown(self, deadline: float) -> None:
+        self.client.close()
+        if self.writer is not None:
+            self.writer.release()
+        if self.seg is not None:
+            self.seg.close()

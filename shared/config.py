@@ -1,0 +1,198 @@
+"""The stack's one typed config, loaded from TOML (contract §3).
+
+``STACK_CONFIG`` names the file (relative to the current directory), else
+``deploy/stack.toml``. Defaults live only in the dataclasses below; every
+error names the key it is about.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PATH = ROOT / "deploy" / "stack.toml"
+
+
+class ConfigError(ValueError):
+    """A bad config: the message names the key."""
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """The price and news feeds."""
+
+    host: str = "127.0.0.1"
+    price_port: int = 8000
+    news_port: int = 8001
+    price_rate: float = 100.0
+    news_rate: float = 2.0
+    seed: int = 0
+    heartbeat_ms: int = 250
+    backlog_bytes: int = 4_194_304  # unsent bytes before a subscriber is dropped
+    replay: str = ""  # CSV of symbol,price to replay instead of the random walk
+
+
+@dataclass(frozen=True)
+class OrderManager:
+    """Order entry and the journal."""
+
+    host: str = "127.0.0.1"
+    port: int = 8002
+    token_file: str = "deploy/order.token"
+    journal: str = "logs/orders.jsonl"
+    journal_sync: str = "write"  # "write": in the OS before the ack; "fsync": on disk
+    heartbeat_ms: int = 250
+    max_qty: int = 1_000_000
+    max_clients: int = 1024
+    logon_timeout_ms: int = 2000
+
+
+@dataclass(frozen=True)
+class Book:
+    """The shared-memory price book."""
+
+    segment: str = "tradestack_book"
+    stale_ms: int = 500
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """The trading rule's parameters."""
+
+    client_id: str = "strategy-1"
+    short_window: int = 5
+    long_window: int = 20
+    bullish: int = 60
+    bearish: int = 40
+    qty: int = 10
+    poll_us: int = 1000
+
+
+@dataclass(frozen=True)
+class Auditor:
+    """Where the supervisord event listener writes."""
+
+    log: str = "logs/audit.log"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole stack's config."""
+
+    symbols: tuple[str, ...] = ("AAPL", "MSFT", "GOOGL")
+    gateway: Gateway = field(default_factory=Gateway)
+    ordermanager: OrderManager = field(default_factory=OrderManager)
+    book: Book = field(default_factory=Book)
+    strategy: Strategy = field(default_factory=Strategy)
+    auditor: Auditor = field(default_factory=Auditor)
+    path: str = ""  # the file it came from (not a key)
+
+    def resolve(self, rel: str) -> Path:
+        """A config path: relative ones are taken from the repository root."""
+        p = Path(rel)
+        return p if p.is_absolute() else ROOT / p
+
+
+_PORTS = {"price_port", "news_port", "port"}
+
+
+def _check(section: str, key: str, value: Any, typ: Any) -> Any:
+    name = f"{section}.{key}" if section else key
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if typ is bool or isinstance(value, bool):
+        ok = typ is bool and isinstance(value, bool)
+    else:
+        ok = isinstance(value, typ)
+    if not ok:
+        raise ConfigError(f"{name}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+    if key in _PORTS and not 1 <= value <= 65535:
+        raise ConfigError(f"{name}: port {value} out of range 1..65535")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        raise ConfigError(f"{name}: must not be negative, got {value}")
+    return value
+
+
+def _section(name: str, cls: type, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a table")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{name}.{key}: unknown key")
+    return cls(**{k: _check(name, k, v, hints[k]) for k, v in raw.items()})
+
+
+def _validate(cfg: Config) -> None:
+    if not cfg.symbols:
+        raise ConfigError("symbols: at least one symbol is needed")
+    for s in cfg.symbols:
+        if not isinstance(s, str) or not s or len(s.encode()) > 16 or not s.isascii():
+            raise ConfigError(f"symbols: {s!r} is not 1..16 ASCII characters")
+    if len(set(cfg.symbols)) != len(cfg.symbols):
+        raise ConfigError("symbols: duplicates")
+    st = cfg.strategy
+    if not 1 <= st.short_window < st.long_window:
+        raise ConfigError("strategy.short_window: must be >= 1 and below strategy.long_window")
+    if not 0 <= st.bearish <= st.bullish <= 100:
+        raise ConfigError("strategy.bearish: need 0 <= bearish <= bullish <= 100")
+    if st.qty < 1:
+        raise ConfigError("strategy.qty: must be >= 1")
+    if not cfg.book.segment or "/" in cfg.book.segment:
+        raise ConfigError("book.segment: must be a plain name")
+    for sec, key in (("gateway", "heartbeat_ms"), ("ordermanager", "heartbeat_ms"), ("book", "stale_ms")):
+        if getattr(getattr(cfg, sec), key) < 1:
+            raise ConfigError(f"{sec}.{key}: must be >= 1")
+    if cfg.ordermanager.journal_sync not in ("write", "fsync"):
+        raise ConfigError("ordermanager.journal_sync: must be 'write' or 'fsync'")
+
+
+def parse(raw: dict[str, Any], path: str = "") -> Config:
+    """Build and validate a Config from a TOML document's dict."""
+    kwargs: dict[str, Any] = {}
+    sections = {f.name: f for f in fields(Config) if f.name not in ("symbols", "path")}
+    for key, value in raw.items():
+        if key == "symbols":
+            if not isinstance(value, list):
+                raise ConfigError("symbols: expected a list of strings")
+            kwargs["symbols"] = tuple(value)
+        elif key in sections:
+            cls = get_type_hints(Config)[key]
+            kwargs[key] = _section(key, cls, value)
+        else:
+            raise ConfigError(f"{key}: unknown key")
+    cfg = Config(**kwargs, path=path)
+    _validate(cfg)
+    return cfg
+
+
+def config_path() -> Path:
+    """The config file in force: $STACK_CONFIG or deploy/stack.toml."""
+    env = os.environ.get("STACK_CONFIG")
+    return Path(env).resolve() if env else DEFAULT_PATH
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load the config from ``path`` or the one in force."""
+    p = Path(path) if path else config_path()
+    try:
+        with open(p, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    return parse(raw, str(p))
+
+
+def replace(cfg: Config, **sections: dict[str, Any]) -> Config:
+    """A copy with some keys of some sections changed (tests, bench)."""
+    return dataclasses.replace(
+        cfg, **{k: dataclasses.replace(getattr(cfg, k), **v) for k, v in sections.items()}
+    )

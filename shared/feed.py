@@ -1,0 +1,181 @@
+"""The gateway: a seeded random walk of prices and a news feed, served to
+every subscriber of two TCP streams (contract §4).
+
+Ticks are made on a schedule (or as fast as possible with rate 0), encoded
+once per batch and written to every subscriber in one write per turn. A
+subscriber whose unsent backlog passes the bound is dropped, never waited for.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import time
+import uuid
+from typing import Any, Callable
+
+from shared import config as config_mod
+from shared.net import Conn, Loop, Server
+from shared.protocol import PROTO, Heartbeat, Hello, News, Price, frame
+
+MAX_BATCH = 4096  # ticks made in one turn; a process frozen for long does not burst
+FAST_BATCH = 256  # ticks a turn at rate 0
+
+
+class RandomWalk:
+    """Geometric random walk over the symbols, round robin, seeded."""
+
+    def __init__(self, symbols: tuple[str, ...], rng: random.Random) -> None:
+        self.symbols = symbols
+        self.rng = rng
+        self.prices = [round(50 + 250 * rng.random(), 2) for _ in symbols]
+        self.i = -1
+
+    def __call__(self) -> tuple[str, float]:
+        self.i = (self.i + 1) % len(self.symbols)
+        p = self.prices[self.i] * math.exp(self.rng.gauss(0.0, 0.001))
+        self.prices[self.i] = p
+        return self.symbols[self.i], round(p, 4)
+
+
+class Replay:
+    """Ticks replayed from a CSV of ``symbol,price`` rows, over and over."""
+
+    def __init__(self, path: str, symbols: tuple[str, ...]) -> None:
+        with open(path, newline="") as f:
+            self.rows = [(r[0], float(r[1])) for r in csv.reader(f) if r and r[0] in symbols]
+        if not self.rows:
+            raise ValueError(f"{path}: no rows for the configured symbols")
+        self.i = -1
+
+    def __call__(self) -> tuple[str, float]:
+        self.i = (self.i + 1) % len(self.rows)
+        return self.rows[self.i]
+
+
+class Stream:
+    """One served stream: its subscribers, its seq and its schedule."""
+
+    def __init__(self, name: str, rate: float, make: Callable[[int], bytes]) -> None:
+        self.name = name
+        self.rate = rate
+        self.make = make  # seq -> the tick's frame
+        self.seq = 0
+        self.subs: set[Conn] = set()
+        self.t0 = time.monotonic()
+        self.made = 0
+        self.server: Server | None = None
+
+    def due(self, now: float) -> int:
+        """How many ticks to make this turn."""
+        if self.rate <= 0:
+            return FAST_BATCH
+        n = int((now - self.t0) * self.rate) - self.made
+        if n > MAX_BATCH:  # we were frozen or starved: re-anchor, do not burst
+            self.t0 = now - self.made / self.rate
+            n = MAX_BATCH
+        return n
+
+    def wait(self, now: float) -> float:
+        """Seconds until the next tick is due."""
+        if self.rate <= 0:
+            return 0.0
+        return self.t0 + (self.made + 1) / self.rate - now
+
+
+class Gateway:
+    """The gateway component: two servers, two feeds."""
+
+    def __init__(self, cfg: config_mod.Config, log: Any) -> None:
+        g = cfg.gateway
+        self.cfg, self.log = cfg, log
+        self.loop = Loop()
+        self.session = uuid.uuid4().hex[:16]
+        self.hb_s = g.heartbeat_ms / 1000
+        self.backlog = g.backlog_bytes
+        rng = random.Random(g.seed or None)
+        self.walk: Callable[[], tuple[str, float]] = (
+            Replay(str(cfg.resolve(g.replay)), cfg.symbols) if g.replay else RandomWalk(cfg.symbols, rng)
+        )
+        self.news_rng = random.Random(rng.random())
+        self.last: dict[str, tuple[int, int, float]] = {}  # symbol -> (seq, ts_ns, price) of its latest tick
+        self.price = Stream("price", g.price_rate, self._price)
+        self.news = Stream("news", g.news_rate, self._news)
+        for st, port in ((self.price, g.price_port), (self.news, g.news_port)):
+            st.server = Server(self.loop, log, g.host, port, st.name, lambda s, p, st=st: self._accept(st, s, p))
+        self.next_housekeeping = 0.0
+        self.dropped = 0
+
+    def _price(self, seq: int) -> bytes:
+        sym, px = self.walk()
+        ts = time.time_ns()
+        self.last[sym] = (seq, ts, px)
+        return frame(Price(seq=seq, ts_ns=ts, symbol=sym, price=px))
+
+    def _news(self, seq: int) -> bytes:
+        r = self.news_rng
+        sym = self.cfg.symbols[r.randrange(len(self.cfg.symbols))]
+        return frame(News(seq=seq, ts_ns=time.time_ns(), symbol=sym, sentiment=r.randint(0, 100)))
+
+    def _accept(self, st: Stream, sock: Any, peer: str) -> None:
+        conn = Conn(self.loop, self.log, sock, peer, st.name, self._ignore, lambda c, r: self._closed(st, c, r))
+        hello = Hello(proto=PROTO, stream=st.name, session=self.session, symbols=list(self.cfg.symbols),
+                      heartbeat_ms=self.cfg.gateway.heartbeat_ms, next_seq=st.seq + 1)
+        out = bytearray(frame(hello))
+        if st is self.price:
+            for sym, (seq, ts, px) in self.last.items():
+                out += frame(Price(seq=seq, ts_ns=ts, symbol=sym, price=px, snapshot=True))
+        conn.write(out)
+        if not conn.closed:
+            st.subs.add(conn)
+            self.log.info("connected", peer=peer, stream=st.name, next_seq=st.seq + 1)
+
+    def _ignore(self, conn: Conn, msg: Any) -> None:
+        """Subscribers have nothing to say; bad frames are already logged."""
+
+    def _closed(self, st: Stream, conn: Conn, reason: str) -> None:
+        st.subs.discard(conn)
+        self.log.warning("disconnected", peer=conn.peer, stream=st.name, reason=reason)
+
+    def _publish(self, st: Stream, now: float) -> None:
+        n = st.due(now)
+        if n <= 0:
+            return
+        batch = bytearray()
+        seq = st.seq
+        make = st.make
+        for _ in range(n):
+            seq += 1
+            batch += make(seq)
+        st.seq = seq
+        st.made += n
+        for conn in list(st.subs):
+            conn.write(batch)
+            if len(conn.out) > self.backlog:
+                self.dropped += 1
+                conn.close("slow_consumer")
+
+    def step(self) -> None:
+        now = time.monotonic()
+        if now >= self.next_housekeeping:
+            self.next_housekeeping = now + min(0.05, self.hb_s / 4)
+            for st in (self.price, self.news):
+                assert st.server is not None
+                st.server.poll(now)
+                for conn in list(st.subs):
+                    if conn.quiet_for(now) >= self.hb_s:
+                        conn.write(frame(Heartbeat(ts_ns=time.time_ns(), seq=st.seq)))
+        self._publish(self.price, now)
+        self._publish(self.news, now)
+        wait = min(self.price.wait(now), self.news.wait(now), self.next_housekeeping - now)
+        self.loop.run_once(max(wait, 0.0))
+
+    def shutdown(self, deadline: float) -> None:
+        for st in (self.price, self.news):
+            assert st.server is not None
+            st.server.close()
+        for st in (self.price, self.news):
+            for conn in list(st.subs):
+                conn.flush_blocking(deadline)
+                conn.close("shutdown")

@@ -1,0 +1,294 @@
+"""Non-blocking framed connections over one selector: servers, reconnecting
+clients and heartbeats. Every daemon runs a single-threaded loop of these.
+"""
+
+from __future__ import annotations
+
+import random
+import selectors
+import socket
+import time
+from typing import Any, Callable
+
+from shared.protocol import BadFrame, BadMessage, FrameDecoder
+
+READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+RECV_SIZE = 1 << 18
+
+
+class Loop:
+    """A selector whose keys carry their event callbacks."""
+
+    def __init__(self) -> None:
+        self.sel = selectors.DefaultSelector()
+
+    def add(self, fileobj: Any, callback: Callable[[int], None], events: int = READ) -> None:
+        self.sel.register(fileobj, events, callback)
+
+    def modify(self, fileobj: Any, callback: Callable[[int], None], events: int) -> None:
+        self.sel.modify(fileobj, events, callback)
+
+    def remove(self, fileobj: Any) -> None:
+        try:
+            self.sel.unregister(fileobj)
+        except (KeyError, ValueError):
+            pass
+
+    def run_once(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds and dispatch what is ready."""
+        for key, mask in self.sel.select(max(timeout, 0.0)):
+            key.data(mask)
+
+
+def tune(sock: socket.socket) -> None:
+    """Non-blocking with TCP_NODELAY: a frame goes out in one write, now."""
+    sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class Conn:
+    """One framed connection: decoder in, a bounded-by-owner buffer out.
+
+    ``on_message(conn, msg)`` gets every message, and ``BadMessage`` /
+    ``BadFrame`` errors in place (after the ``bad_frame`` log line);
+    ``on_close(conn, reason)`` runs exactly once.
+    """
+
+    def __init__(
+        self,
+        loop: Loop,
+        log: Any,
+        sock: socket.socket,
+        peer: str,
+        stream: str,
+        on_message: Callable[[Conn, Any], None],
+        on_close: Callable[[Conn, str], None],
+        decoder: Any = None,
+    ) -> None:
+        self.loop, self.sock, self.peer, self.stream = loop, sock, peer, stream
+        self.log = log
+        self.on_message, self.on_close = on_message, on_close
+        self.decoder = FrameDecoder(decoder)
+        self.out = bytearray()
+        self.last_rx = self.last_tx = time.monotonic()
+        self.closed = False
+        self.state: Any = None  # the owner's per-connection data
+        loop.add(sock, self._on_event)
+
+    def _on_event(self, mask: int) -> None:
+        if mask & WRITE:
+            self._flush()
+        if mask & READ and not self.closed:
+            self._read()
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.close(f"error: {e.strerror or e}")
+            return
+        if not data:
+            self.close("eof")
+            return
+        self.last_rx = time.monotonic()
+        try:
+            msgs = self.decoder.feed(data)
+        except BadFrame as e:
+            self.log.warning("bad_frame", peer=self.peer, stream=self.stream, reason=str(e))
+            self.on_message(self, e)
+            self.close("bad_frame")
+            return
+        for m in msgs:
+            if type(m) is BadMessage:
+                self.log.warning("bad_frame", peer=self.peer, stream=self.stream, reason=m.detail)
+            self.on_message(self, m)
+            if self.closed:
+                return
+
+    def write(self, data: bytes | bytearray) -> None:
+        """Send now if the socket takes it; queue the rest."""
+        if self.closed:
+            return
+        if self.out:
+            self.out += data
+            return
+        try:
+            n = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as e:
+            self.close(f"error: {e.strerror or e}")
+            return
+        self.last_tx = time.monotonic()
+        if n < len(data):
+            self.out += data[n:]
+            self.loop.modify(self.sock, self._on_event, READ | WRITE)
+
+    def _flush(self) -> None:
+        try:
+            n = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.close(f"error: {e.strerror or e}")
+            return
+        del self.out[:n]
+        self.last_tx = time.monotonic()
+        if not self.out:
+            self.loop.modify(self.sock, self._on_event, READ)
+
+    def flush_blocking(self, deadline: float) -> None:
+        """Try to send what is queued until the deadline (used at shutdown)."""
+        while self.out and not self.closed and time.monotonic() < deadline:
+            self._flush()
+            if self.out:
+                time.sleep(0.001)
+
+    def close(self, reason: str) -> None:
+        """Close once and tell the owner why."""
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove(self.sock)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.on_close(self, reason)
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since anything was received."""
+        return now - self.last_rx
+
+    def quiet_for(self, now: float) -> float:
+        """Seconds since anything was sent."""
+        return now - self.last_tx
+
+
+class Server:
+    """A listening socket; binds with retries so a held port heals itself."""
+
+    def __init__(self, loop: Loop, log: Any, host: str, port: int, stream: str,
+                 on_accept: Callable[[socket.socket, str], None]) -> None:
+        self.loop, self.log, self.host, self.port, self.stream = loop, log, host, port, stream
+        self.on_accept = on_accept
+        self.sock: socket.socket | None = None
+        self.attempt = 0
+        self.next_try = 0.0
+
+    def poll(self, now: float) -> None:
+        """Bind if not bound yet and it is time to try."""
+        if self.sock is not None or now < self.next_try:
+            return
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((self.host, self.port))
+            s.listen(1024)
+        except OSError as e:
+            s.close()
+            self.attempt += 1
+            delay = backoff(self.attempt)
+            self.next_try = now + delay
+            self.log.error("bind_failed", stream=self.stream, port=self.port, attempt=self.attempt,
+                           delay_ms=round(delay * 1000), error=e.strerror or str(e))
+            return
+        s.setblocking(False)
+        self.sock = s
+        self.loop.add(s, self._on_event)
+        self.log.info("listening", stream=self.stream, host=self.host, port=self.port)
+
+    def _on_event(self, _mask: int) -> None:
+        assert self.sock is not None
+        for _ in range(64):
+            try:
+                sock, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE and friends: log and keep serving
+                self.log.error("accept_failed", stream=self.stream, error=e.strerror or str(e))
+                return
+            tune(sock)
+            self.on_accept(sock, f"{addr[0]}:{addr[1]}")
+
+    def close(self) -> None:
+        """Stop intake."""
+        if self.sock is not None:
+            self.loop.remove(self.sock)
+            self.sock.close()
+            self.sock = None
+
+
+def backoff(attempt: int, base: float = 0.05, cap: float = 1.0) -> float:
+    """Capped exponential backoff with jitter: in [d/2, d], d = min(cap, base * 2^(attempt-1))."""
+    d = min(cap, base * (2 ** min(attempt - 1, 30)))
+    return d * (0.5 + random.random() / 2)
+
+
+class Client:
+    """A client connection that reconnects by itself, logging every attempt.
+
+    The owner calls ``poll(now)`` every turn; ``on_connect(conn)`` runs on
+    every (re)connection, ``on_message`` as for ``Conn``.
+    """
+
+    def __init__(self, loop: Loop, log: Any, host: str, port: int, stream: str,
+                 on_connect: Callable[[Conn], None], on_message: Callable[[Conn, Any], None],
+                 on_disconnect: Callable[[str], None] | None = None, decoder: Any = None,
+                 cap_s: float = 1.0) -> None:
+        self.loop, self.log, self.host, self.port, self.stream = loop, log, host, port, stream
+        self.peer = f"{host}:{port}"
+        self.on_connect, self.on_message, self.on_disconnect = on_connect, on_message, on_disconnect
+        self.decoder = decoder
+        self.cap_s = cap_s
+        self.conn: Conn | None = None
+        self.attempt = 0
+        self.next_try = 0.0
+        self.down_since: float | None = None  # set once a connection was lost
+        self.enabled = True
+
+    def poll(self, now: float) -> None:
+        """Connect when disconnected and the backoff allows."""
+        if self.conn is None and self.enabled and now >= self.next_try:
+            self._try(now)
+
+    def _try(self, now: float) -> None:
+        self.attempt += 1
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=1.0)
+        except OSError as e:
+            delay = backoff(self.attempt, cap=self.cap_s)
+            self.next_try = now + delay
+            self.log.warning("reconnect_attempt", peer=self.peer, stream=self.stream, attempt=self.attempt,
+                             delay_ms=round(delay * 1000), error=e.strerror or str(e))
+            return
+        tune(sock)
+        self.conn = Conn(self.loop, self.log, sock, self.peer, self.stream, self.on_message, self._closed, self.decoder)
+        self.log.info("connected", peer=self.peer, stream=self.stream)
+        if self.down_since is not None:
+            self.log.info("reconnected", peer=self.peer, stream=self.stream, attempts=self.attempt,
+                          down_ms=round((time.monotonic() - self.down_since) * 1000, 3))
+            self.down_since = None
+        self.attempt = 0
+        self.on_connect(self.conn)
+
+    def _closed(self, conn: Conn, reason: str) -> None:
+        self.conn = None
+        now = time.monotonic()
+        self.down_since = now
+        self.next_try = now  # the first retry is immediate, then the backoff
+        self.log.warning("disconnected", peer=self.peer, stream=self.stream, reason=reason)
+        if self.on_disconnect is not None:
+            self.on_disconnect(reason)
+
+    def check_alive(self, now: float, timeout_s: float) -> None:
+        """Close a connection that has been silent past ``timeout_s``."""
+        if self.conn is not None and self.conn.idle_for(now) > timeout_s:
+            self.conn.close("heartbeat_timeout")
+
+    def close(self) -> None:
+        self.enabled = False
+        if self.conn is not None:
+            self.conn.close("shutdown")

@@ -1,0 +1,227 @@
+"""Wire protocol v1: typed messages and a sans-IO frame codec (contract §4).
+
+A frame is a 4-byte big-endian length N (1..65536), then N bytes of one UTF-8
+JSON object with a "type". The decoder knows no sockets: feed it bytes, get
+messages back, as h11 does.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+import msgspec
+
+PROTO = 1
+MAX_FRAME = 65536
+HEADER = 4
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+Seq = Annotated[int, msgspec.Meta(ge=0)]
+OrderId = Annotated[str, msgspec.Meta(pattern=r"^[\x20-\x7e]{1,128}$")]
+Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
+Side = Literal["BUY", "SELL"]
+
+
+class _Msg(msgspec.Struct, tag_field="type", omit_defaults=True, frozen=True):
+    """Base of every message: the tag is the JSON "type"."""
+
+
+class Hello(_Msg, tag="hello"):
+    """First frame of a gateway stream."""
+
+    proto: int
+    stream: Literal["price", "news"]
+    session: str
+    symbols: list[str]
+    heartbeat_ms: PositiveInt
+    next_seq: PositiveInt
+
+
+class Price(_Msg, tag="price"):
+    """A price tick; ``snapshot`` marks the catch-up frames after hello."""
+
+    seq: PositiveInt
+    ts_ns: Seq
+    symbol: Symbol
+    price: Positive
+    snapshot: bool = False
+
+
+class News(_Msg, tag="news"):
+    """A news tick with a sentiment 0..100 (50 neutral)."""
+
+    seq: PositiveInt
+    ts_ns: Seq
+    symbol: Symbol
+    sentiment: Annotated[int, msgspec.Meta(ge=0, le=100)]
+
+
+class Heartbeat(_Msg, tag="heartbeat"):
+    """Liveness; the gateway adds ``seq``, the last data seq it sent."""
+
+    ts_ns: Seq
+    seq: Seq | None = None
+
+
+class Logon(_Msg, tag="logon"):
+    """First frame of an order-entry link."""
+
+    proto: int
+    client_id: OrderId
+    token: str
+
+
+class Order(_Msg, tag="order"):
+    """An order; ``order_id`` is unique per client and stable across resends."""
+
+    order_id: OrderId
+    symbol: Symbol
+    side: Side
+    qty: PositiveInt
+    price: Positive
+    ts_ns: Seq
+    tick_ts_ns: Seq
+
+
+class LogonAck(_Msg, tag="logon_ack"):
+    """The ordermanager's answer to a good logon."""
+
+    session: str
+    heartbeat_ms: PositiveInt
+    positions: dict[str, int]
+    last_order_id: str | None
+
+
+class Ack(_Msg, tag="ack"):
+    """An order is journaled; ``duplicate`` when it was already."""
+
+    order_id: str
+    order_no: PositiveInt
+    duplicate: bool
+
+
+class Reject(_Msg, tag="reject"):
+    """An order or frame refused, with a reason code of contract §4."""
+
+    order_id: str | None
+    reason: Literal["bad_frame", "bad_message", "not_logged_on", "unauthorized", "risk"]
+    detail: str
+
+
+Message = Union[Hello, Price, News, Heartbeat, Logon, Order, LogonAck, Ack, Reject]
+
+
+class ProtocolError(Exception):
+    """Base of protocol errors."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the protocol."""
+
+
+class BadFrame(RemoteProtocolError):
+    """The framing is broken (length 0 or over the limit): close the connection."""
+
+
+class BadMessage(RemoteProtocolError):
+    """One frame held no valid message; the stream itself is still in step."""
+
+    def __init__(self, detail: str, order_id: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.order_id = order_id
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to send something the protocol forbids."""
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Message)
+_loose = msgspec.json.Decoder()
+
+
+def frame(msg: Message) -> bytes:
+    """Encode one message as a frame: length prefix and JSON body."""
+    buf = bytearray(HEADER)
+    _encoder.encode_into(msg, buf, HEADER)
+    n = len(buf) - HEADER
+    if n > MAX_FRAME:
+        raise LocalProtocolError(f"frame of {n} bytes exceeds {MAX_FRAME}")
+    buf[:HEADER] = n.to_bytes(HEADER, "big")
+    return bytes(buf)
+
+
+def frame_body(body: bytes) -> bytes:
+    """Frame raw bytes as they are (tests and fault tools send bad bodies)."""
+    return len(body).to_bytes(HEADER, "big") + body
+
+
+def decode(body: bytes | memoryview) -> Message:
+    """Decode one frame body, raising BadMessage naming what is wrong."""
+    try:
+        return _decoder.decode(body)
+    except msgspec.ValidationError as e:
+        raise BadMessage(str(e), _order_id_of(body)) from None
+    except msgspec.DecodeError as e:
+        raise BadMessage(f"not JSON: {e}") from None
+
+
+def _order_id_of(body: bytes | memoryview) -> str | None:
+    """Best effort: the order_id of an invalid message, for its reject."""
+    try:
+        obj = _loose.decode(body)
+    except msgspec.DecodeError:
+        return None
+    oid = obj.get("order_id") if isinstance(obj, dict) else None
+    return oid if isinstance(oid, str) and 0 < len(oid) <= 128 else None
+
+
+class FrameDecoder:
+    """Sans-IO decoder: ``feed(bytes)`` returns the messages completed so far.
+
+    A bad message is returned in place as a ``BadMessage`` instance, so the
+    caller can answer it and go on; a bad frame raises ``BadFrame`` and the
+    decoder is unusable afterwards. The buffer never holds more than one
+    maximal frame and its header.
+    """
+
+    __slots__ = ("_buf", "_decode", "broken")
+
+    def __init__(self, decoder: msgspec.json.Decoder | None = None) -> None:
+        self._buf = bytearray()
+        self._decode = (decoder or _decoder).decode
+        self.broken = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message | BadMessage]:
+        """Add received bytes; return every message they complete."""
+        if self.broken:
+            raise BadFrame("decoder already failed")
+        buf = self._buf
+        buf += data
+        out: list[Message | BadMessage] = []
+        pos, end = 0, len(buf)
+        while end - pos >= HEADER:
+            n = int.from_bytes(buf[pos : pos + HEADER], "big")
+            if n == 0 or n > MAX_FRAME:
+                self.broken = True
+                raise BadFrame(f"frame length {n} outside 1..{MAX_FRAME}")
+            if end - pos - HEADER < n:
+                break
+            body = buf[pos + HEADER : pos + HEADER + n]
+            pos += HEADER + n
+            try:
+                out.append(self._decode(body))
+            except msgspec.ValidationError as e:
+                out.append(BadMessage(str(e), _order_id_of(body)))
+            except msgspec.DecodeError as e:
+                out.append(BadMessage(f"not JSON: {e}"))
+        if pos:
+            del buf[:pos]
+        return out
