@@ -1,0 +1,75 @@
+"""Blocking peers that speak only the contract: a stream subscriber and an
+order-entry client. Tests, the bench and the operator's tools use them.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from shared.protocol import PROTO, FrameDecoder, Logon, LogonAck, Message, Order, frame
+
+
+class Peer:
+    """A blocking framed TCP connection."""
+
+    def __init__(self, host: str, port: int, timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.decoder = FrameDecoder()
+        self.inbox: list[Any] = []
+
+    def send(self, msg: Message) -> None:
+        self.sock.sendall(frame(msg))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv(self, timeout: float = 5.0) -> Any:
+        """The next message (or BadMessage); raises TimeoutError, EOFError."""
+        deadline = time.monotonic() + timeout
+        while not self.inbox:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no message")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(1 << 16)
+            except socket.timeout:
+                raise TimeoutError("no message") from None
+            if not data:
+                raise EOFError("peer closed")
+            self.inbox.extend(self.decoder.feed(data))
+        return self.inbox.pop(0)
+
+    def recv_type(self, *types: type, timeout: float = 5.0) -> Any:
+        """The next message of one of ``types``, skipping others (heartbeats)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self.recv(max(0.0, deadline - time.monotonic()))
+            if isinstance(m, types):
+                return m
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Peer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class OrderClient(Peer):
+    """An order-entry client: ``logon()``, then ``order(...)``."""
+
+    def logon(self, client_id: str, token: str) -> LogonAck:
+        self.send(Logon(proto=PROTO, client_id=client_id, token=token))
+        return self.recv_type(LogonAck)
+
+    def order(self, order_id: str, symbol: str, side: str, qty: int, price: float,
+              tick_ts_ns: int | None = None) -> None:
+        now = time.time_ns()
+        self.send(Order(order_id=order_id, symbol=symbol, side=side, qty=qty, price=price,  # type: ignore[arg-type]
+                        ts_ns=now, tick_ts_ns=tick_ts_ns or now))
