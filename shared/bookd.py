@@ -85,7 +85,7 @@ class BookWriter:
         self.next_check = 0.0
         self.next_beat = 0.0
         g = cfg.gateway
-        self.client = Client(self.loop, log, g.host, g.price_port, "price", self._connected, self._on_message,
+        self.client = Client(self.loop, log, *cfg.link("price"), "price", self._connected, self._on_message,
                              decoder=_price_decoder)
         self.client.enabled = False  # until the segment is ours
         self.session: str | None = None

@@ -81,6 +81,17 @@ class Auditor:
 
 
 @dataclass(frozen=True)
+class Links:
+    """Where clients connect, when not straight to the server ("host:port";
+    empty: the server's own address). A fault proxy is placed on a link by
+    pointing it here."""
+
+    price: str = ""
+    news: str = ""
+    orders: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole stack's config."""
 
@@ -90,7 +101,18 @@ class Config:
     book: Book = field(default_factory=Book)
     strategy: Strategy = field(default_factory=Strategy)
     auditor: Auditor = field(default_factory=Auditor)
+    links: Links = field(default_factory=Links)
     path: str = ""  # the file it came from (not a key)
+
+    def link(self, name: str) -> tuple[str, int]:
+        """(host, port) a client of the ``price``, ``news`` or ``orders`` link connects to."""
+        override = getattr(self.links, name)
+        if override:
+            host, _, port = override.rpartition(":")
+            return host, int(port)
+        if name == "orders":
+            return self.ordermanager.host, self.ordermanager.port
+        return self.gateway.host, self.gateway.price_port if name == "price" else self.gateway.news_port
 
     def resolve(self, rel: str) -> Path:
         """A config path: relative ones are taken from the repository root."""
@@ -149,6 +171,11 @@ def _validate(cfg: Config) -> None:
     for sec, key in (("gateway", "heartbeat_ms"), ("ordermanager", "heartbeat_ms"), ("book", "stale_ms")):
         if getattr(getattr(cfg, sec), key) < 1:
             raise ConfigError(f"{sec}.{key}: must be >= 1")
+    for name in ("price", "news", "orders"):
+        v = getattr(cfg.links, name)
+        host, _, port = v.rpartition(":")
+        if v and not (host and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(f"links.{name}: expected 'host:port', got {v!r}")
     if cfg.ordermanager.journal_sync not in ("write", "fsync"):
         raise ConfigError("ordermanager.journal_sync: must be 'write' or 'fsync'")
 

@@ -50,9 +50,9 @@ class Trader:
         self.poll_s = st.poll_us / 1e6
         self.loop = Loop()
         g, om = cfg.gateway, cfg.ordermanager
-        self.news = Client(self.loop, log, g.host, g.news_port, "news", self._news_connected, self._on_news,
+        self.news = Client(self.loop, log, *cfg.link("news"), "news", self._news_connected, self._on_news,
                            decoder=_news_decoder)
-        self.om = Client(self.loop, log, om.host, om.port, "orders", self._om_connected, self._on_om,
+        self.om = Client(self.loop, log, *cfg.link("orders"), "orders", self._om_connected, self._on_om,
                          self._om_down, decoder=_om_decoder)
         self.news_timeout_s = 3 * g.heartbeat_ms / 1000
         self.om_hb_s = om.heartbeat_ms / 1000
