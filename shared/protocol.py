@@ -7,6 +7,7 @@ messages back, as h11 does.
 
 from __future__ import annotations
 
+import struct
 from typing import Annotated, Literal, Union
 
 import msgspec
@@ -138,19 +139,17 @@ class LocalProtocolError(ProtocolError):
 
 
 _encoder = msgspec.json.Encoder()
+_LEN = struct.Struct(">I")
 _decoder = msgspec.json.Decoder(Message)
 _loose = msgspec.json.Decoder()
 
 
 def frame(msg: Message) -> bytes:
     """Encode one message as a frame: length prefix and JSON body."""
-    buf = bytearray(HEADER)
-    _encoder.encode_into(msg, buf, HEADER)
-    n = len(buf) - HEADER
-    if n > MAX_FRAME:
-        raise LocalProtocolError(f"frame of {n} bytes exceeds {MAX_FRAME}")
-    buf[:HEADER] = n.to_bytes(HEADER, "big")
-    return bytes(buf)
+    body = _encoder.encode(msg)
+    if len(body) > MAX_FRAME:
+        raise LocalProtocolError(f"frame of {len(body)} bytes exceeds {MAX_FRAME}")
+    return _LEN.pack(len(body)) + body
 
 
 def frame_body(body: bytes) -> bytes:
@@ -164,7 +163,7 @@ def decode(body: bytes | memoryview) -> Message:
         return _decoder.decode(body)
     except msgspec.ValidationError as e:
         raise BadMessage(str(e), _order_id_of(body)) from None
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:  # msgspec raises the latter on bad UTF-8 in a string
         raise BadMessage(f"not JSON: {e}") from None
 
 
@@ -172,10 +171,10 @@ def _order_id_of(body: bytes | memoryview) -> str | None:
     """Best effort: the order_id of an invalid message, for its reject."""
     try:
         obj = _loose.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None
     oid = obj.get("order_id") if isinstance(obj, dict) else None
-    return oid if isinstance(oid, str) and 0 < len(oid) <= 128 else None
+    return oid if isinstance(oid, str) and 0 < len(oid) <= 128 and oid.isascii() and oid.isprintable() else None
 
 
 class FrameDecoder:
@@ -203,25 +202,31 @@ class FrameDecoder:
         """Add received bytes; return every message they complete."""
         if self.broken:
             raise BadFrame("decoder already failed")
-        buf = self._buf
-        buf += data
+        if self._buf:  # the rest of a frame cut by the last read
+            self._buf += data
+            data = bytes(self._buf)
+            self._buf.clear()
+        elif not isinstance(data, bytes):
+            data = bytes(data)
         out: list[Message | BadMessage] = []
-        pos, end = 0, len(buf)
+        pos, end = 0, len(data)
+        view = memoryview(data)  # over immutable bytes: slices cost no copy
+        unpack, decode = _LEN.unpack_from, self._decode
         while end - pos >= HEADER:
-            n = int.from_bytes(buf[pos : pos + HEADER], "big")
+            n = unpack(data, pos)[0]
             if n == 0 or n > MAX_FRAME:
                 self.broken = True
                 raise BadFrame(f"frame length {n} outside 1..{MAX_FRAME}")
             if end - pos - HEADER < n:
                 break
-            body = buf[pos + HEADER : pos + HEADER + n]
+            body = view[pos + HEADER : pos + HEADER + n]
             pos += HEADER + n
             try:
-                out.append(self._decode(body))
+                out.append(decode(body))
             except msgspec.ValidationError as e:
                 out.append(BadMessage(str(e), _order_id_of(body)))
-            except msgspec.DecodeError as e:
+            except (msgspec.DecodeError, UnicodeDecodeError) as e:
                 out.append(BadMessage(f"not JSON: {e}"))
-        if pos:
-            del buf[:pos]
+        if pos < end:
+            self._buf += view[pos:]
         return out
