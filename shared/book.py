@@ -81,10 +81,16 @@ def write_record(buf: memoryview | bytearray, off: int, price: float, ts_ns: int
     """Seqlock write: seq to odd, the fields, seq to even. Single writer only."""
     seq = _U64.unpack_from(buf, off)[0]
     updates = _U64.unpack_from(buf, off + 40)[0]
-    seq += 1 + (seq & 1)  # odd (a stray odd seq is skipped past, not reused)
-    _U64.pack_into(buf, off, seq)
-    _FIELDS.pack_into(buf, off + 8, price, ts_ns, recv_ns, tick_seq, updates + 1)
+    _publish(buf, off, seq + (seq & 1), price, ts_ns, recv_ns, tick_seq, updates + 1)
+
+
+def _publish(buf: memoryview | bytearray, off: int, seq: int, price: float, ts_ns: int, recv_ns: int,
+             tick_seq: int, updates: int) -> int:
+    """The seqlock's write order from an even ``seq``; returns the new even seq."""
     _U64.pack_into(buf, off, seq + 1)
+    _FIELDS.pack_into(buf, off + 8, price, ts_ns, recv_ns, tick_seq, updates)
+    _U64.pack_into(buf, off, seq + 2)
+    return seq + 2
 
 
 def read_record(buf: memoryview | bytearray, off: int, tries: int = READ_TRIES) -> Record | None:
@@ -283,6 +289,9 @@ class Writer:
             raise WriterConflict(f"segment {seg.name}: writer pid {old} is still alive")
         buf = seg.buf
         self.repaired = [s for i, s in enumerate(seg.symbols) if repair_record(buf, seg.offset(i))]
+        # The writer's own copy of each slot's seq and updates: no reads on the hot path.
+        self._seq = [_U64.unpack_from(buf, seg.offset(i))[0] for i in range(seg.capacity)]
+        self._updates = [_U64.unpack_from(buf, seg.offset(i) + 40)[0] for i in range(seg.capacity)]
         self.generation = seg.generation + 1
         _U64.pack_into(buf, _OFF_GENERATION, self.generation)
         _U64.pack_into(buf, _OFF_PID, self.pid)
@@ -290,7 +299,10 @@ class Writer:
 
     def write(self, slot: int, price: float, ts_ns: int, tick_seq: int) -> None:
         """Publish one tick to a slot."""
-        write_record(self.seg.buf, self.seg.records_offset + slot * RECORD_SIZE, price, ts_ns, time.time_ns(), tick_seq)
+        u = self._updates[slot] + 1
+        self._updates[slot] = u
+        self._seq[slot] = _publish(self.seg.buf, self.seg.records_offset + slot * RECORD_SIZE, self._seq[slot],
+                                   price, ts_ns, time.time_ns(), tick_seq, u)
 
     def heartbeat(self, now_ns: int | None = None) -> None:
         """Tell readers the writer lives."""
