@@ -145,7 +145,7 @@ class Stack:
         while time.monotonic() < deadline:
             try:
                 st = self.status()
-            except OSError:
+            except (OSError, xmlrpc.client.Fault):  # SHUTDOWN_STATE while supervisord reloads
                 st = {}
             if st and all(st.get(n) == "RUNNING" for n in names):
                 return
