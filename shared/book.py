@@ -47,6 +47,17 @@ _U64 = struct.Struct("<Q")
 _FIELDS = struct.Struct("<dQQQQ")  # price, ts_ns, recv_ns, tick_seq, updates
 _HDR = struct.Struct("<8sIIIIII")  # magic .. records_offset
 _OFF_CREATED, _OFF_PID, _OFF_HEARTBEAT, _OFF_GENERATION = 32, 40, 48, 56
+assert sys.byteorder == "little"  # _word's native u64 is the layout's little-endian one
+
+
+def _word(buf: memoryview | bytearray, off: int) -> memoryview:
+    """The u64 at ``off`` as a one-item view, read and written in one 8-byte move.
+
+    A word another process races (seq, heartbeat) must not go through struct:
+    ``pack_into`` zeroes the bytes before writing them one by one, so a reader
+    could see seq 0 (even) on both sides of a half-written record.
+    """
+    return memoryview(buf)[off : off + 8].cast("Q")
 
 
 class BookError(Exception):
@@ -87,29 +98,32 @@ def write_record(buf: memoryview | bytearray, off: int, price: float, ts_ns: int
 def _publish(buf: memoryview | bytearray, off: int, seq: int, price: float, ts_ns: int, recv_ns: int,
              tick_seq: int, updates: int) -> int:
     """The seqlock's write order from an even ``seq``; returns the new even seq."""
-    _U64.pack_into(buf, off, seq + 1)
+    word = _word(buf, off)
+    word[0] = seq + 1
     _FIELDS.pack_into(buf, off + 8, price, ts_ns, recv_ns, tick_seq, updates)
-    _U64.pack_into(buf, off, seq + 2)
+    word[0] = seq + 2
     return seq + 2
 
 
 def read_record(buf: memoryview | bytearray, off: int, tries: int = READ_TRIES) -> Record | None:
     """Seqlock read; None when no consistent copy was had in ``tries``."""
+    word = _word(buf, off)
     for _ in range(tries):
-        s1 = _U64.unpack_from(buf, off)[0]
+        s1 = word[0]
         if s1 & 1:
             continue
         fields = _FIELDS.unpack_from(buf, off + 8)
-        if _U64.unpack_from(buf, off)[0] == s1:
+        if word[0] == s1:
             return Record(s1, *fields)
     return None
 
 
 def repair_record(buf: memoryview | bytearray, off: int) -> bool:
     """Make an odd seq (a writer died mid-write) even again; True if it was odd."""
-    seq = _U64.unpack_from(buf, off)[0]
+    word = _word(buf, off)
+    seq = word[0]
     if seq & 1:
-        _U64.pack_into(buf, off, seq + 1)
+        word[0] = seq + 1
         return True
     return False
 
@@ -230,7 +244,7 @@ class Segment:
 
     @property
     def writer_heartbeat_ns(self) -> int:
-        return _U64.unpack_from(self.buf, _OFF_HEARTBEAT)[0]
+        return _word(self.buf, _OFF_HEARTBEAT)[0]
 
     def age_ms(self, now_ns: int | None = None) -> float:
         """Milliseconds since the writer's last heartbeat (inf: no writer)."""
@@ -306,7 +320,7 @@ class Writer:
 
     def heartbeat(self, now_ns: int | None = None) -> None:
         """Tell readers the writer lives."""
-        _U64.pack_into(self.seg.buf, _OFF_HEARTBEAT, now_ns or time.time_ns())
+        _word(self.seg.buf, _OFF_HEARTBEAT)[0] = now_ns or time.time_ns()
 
     def release(self) -> None:
         """Give the segment up on a clean stop: no writer, so readers see it stale."""

@@ -1,0 +1,157 @@
+"""The typed config (contract §3): the shipped file, bad files, STACK_CONFIG."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared import config
+from shared.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str, name: str = "stack.toml") -> Path:
+    """Write a config file and return its path."""
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_shipped_config_loads() -> None:
+    cfg = config.load(ROOT / "deploy" / "stack.toml")
+    assert cfg.symbols == ("AAPL", "MSFT", "GOOGL")
+    assert (cfg.gateway.host, cfg.gateway.price_port, cfg.gateway.news_port) == ("127.0.0.1", 8000, 8001)
+    assert (cfg.gateway.price_rate, cfg.gateway.news_rate) == (100.0, 2.0)
+    assert (cfg.ordermanager.host, cfg.ordermanager.port) == ("127.0.0.1", 8002)
+    assert cfg.ordermanager.journal == "logs/orders.jsonl"
+    assert (cfg.book.segment, cfg.book.stale_ms) == ("tradestack_book", 500)
+    st = cfg.strategy
+    assert (st.client_id, st.short_window, st.long_window, st.bullish, st.bearish, st.qty) == (
+        "strategy-1", 5, 20, 60, 40, 10)
+    assert cfg.path == str(ROOT / "deploy" / "stack.toml")
+
+
+def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, ""))
+    assert cfg.symbols == ("AAPL", "MSFT", "GOOGL")
+    assert cfg.strategy == config.Strategy()
+
+
+def test_config_is_frozen() -> None:
+    cfg = config.load(ROOT / "deploy" / "stack.toml")
+    with pytest.raises(AttributeError):
+        cfg.book.stale_ms = 1  # type: ignore[misc]
+
+
+def test_int_accepted_for_float_key(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, "[gateway]\nprice_rate = 0\n"))
+    assert cfg.gateway.price_rate == 0.0 and isinstance(cfg.gateway.price_rate, float)
+
+
+def test_links_override(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, '[links]\norders = "127.0.0.1:19999"\n'))
+    assert cfg.link("orders") == ("127.0.0.1", 19999)
+    assert cfg.link("price") == (cfg.gateway.host, cfg.gateway.price_port)
+    assert cfg.link("news") == (cfg.gateway.host, cfg.gateway.news_port)
+
+
+# (id, TOML text, text the error must contain)
+BAD = [
+    ("unknown_top_key", 'symbol = ["AAPL"]\n', "symbol: unknown"),
+    ("unknown_section", "[gatway]\nhost = 'x'\n", "gatway"),
+    ("unknown_key_in_section", "[gateway]\nprice_prot = 9000\n", "gateway.price_prot"),
+    ("section_not_table", "gateway = 3\n", "gateway"),
+    ("wrong_type_port", '[gateway]\nprice_port = "8000"\n', "gateway.price_port"),
+    ("wrong_type_bool_for_int", "[strategy]\nqty = true\n", "strategy.qty"),
+    ("wrong_type_float_for_int", "[strategy]\nqty = 1.5\n", "strategy.qty"),
+    ("wrong_type_str", "[book]\nsegment = 5\n", "book.segment"),
+    ("symbols_not_list", 'symbols = "AAPL"\n', "symbols"),
+    ("port_0", "[ordermanager]\nport = 0\n", "ordermanager.port"),
+    ("port_70000", "[gateway]\nnews_port = 70000\n", "gateway.news_port"),
+    ("negative_rate", "[gateway]\nprice_rate = -1\n", "gateway.price_rate"),
+    ("no_symbols", "symbols = []\n", "symbols"),
+    ("symbol_too_long", 'symbols = ["ABCDEFGHIJKLMNOPQ"]\n', "symbols"),
+    ("symbol_not_str", "symbols = [1]\n", "symbols"),
+    ("duplicate_symbols", 'symbols = ["AAPL", "MSFT", "AAPL"]\n', "symbols"),
+    ("short_equals_long", "[strategy]\nshort_window = 20\nlong_window = 20\n", "short_window"),
+    ("short_above_long", "[strategy]\nshort_window = 21\n", "short_window"),
+    ("short_zero", "[strategy]\nshort_window = 0\n", "short_window"),
+    ("bearish_above_bullish", "[strategy]\nbearish = 70\n", "strategy.bearish"),
+    ("qty_zero", "[strategy]\nqty = 0\n", "strategy.qty"),
+    ("segment_with_slash", '[book]\nsegment = "a/b"\n', "book.segment"),
+    ("stale_ms_zero", "[book]\nstale_ms = 0\n", "book.stale_ms"),
+    ("links_no_port", '[links]\nprice = "127.0.0.1"\n', "links.price"),
+    ("links_bad_port", '[links]\nnews = "127.0.0.1:99999"\n', "links.news"),
+    ("links_no_host", '[links]\norders = ":8002"\n', "links.orders"),
+    ("bad_journal_sync", '[ordermanager]\njournal_sync = "sometimes"\n', "ordermanager.journal_sync"),
+    ("not_toml", "symbols = [AAPL\n", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "names"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_config_names_the_key(tmp_path: Path, text: str, names: str) -> None:
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        config.load(p)
+    msg = str(e.value)
+    assert names in msg
+    assert "\n" not in msg
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    p = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match="nope.toml"):
+        config.load(p)
+
+
+def test_stack_config_env_relative_to_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sub = tmp_path / "conf"
+    sub.mkdir()
+    write(sub, 'symbols = ["XYZ"]\n[book]\nsegment = "from_env"\n', "mine.toml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STACK_CONFIG", "conf/mine.toml")
+    assert config.config_path() == sub / "mine.toml"
+    cfg = config.load()
+    assert cfg.symbols == ("XYZ",)
+    assert cfg.book.segment == "from_env"
+    assert cfg.path == str(sub / "mine.toml")
+
+
+def test_without_stack_config_the_shipped_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STACK_CONFIG", raising=False)
+    assert config.config_path() == ROOT / "deploy" / "stack.toml"
+    assert config.load().path == str(ROOT / "deploy" / "stack.toml")
+
+
+def test_stack_config_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STACK_CONFIG", "absent.toml")
+    with pytest.raises(ConfigError, match="absent.toml"):
+        config.load()
+
+
+@pytest.mark.parametrize(
+    ("daemon", "text", "names"),
+    [
+        ("gateway", "[gateway]\nprice_port = 70000\nnews_port = 70001\n", "gateway.price_port"),
+        ("ordermanager", "[ordermanager]\nport = 19998\nbogus = 1\n", "ordermanager.bogus"),
+    ],
+    ids=["gateway_port_out_of_range", "ordermanager_unknown_key"],
+)
+def test_daemon_with_bad_config_exits_with_one_line(tmp_path: Path, daemon: str, text: str, names: str) -> None:
+    write(tmp_path, text, "bad.toml")
+    env = {**os.environ, "STACK_CONFIG": "bad.toml", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "daemons" / f"{daemon}.py")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert names in lines[0]
+    assert "Traceback" not in proc.stderr
