@@ -96,18 +96,22 @@ def write_record(buf: memoryview | bytearray, off: int, price: float, ts_ns: int
 
 
 def _publish(buf: memoryview | bytearray, off: int, seq: int, price: float, ts_ns: int, recv_ns: int,
-             tick_seq: int, updates: int) -> int:
-    """The seqlock's write order from an even ``seq``; returns the new even seq."""
-    word = _word(buf, off)
+             tick_seq: int, updates: int, word: memoryview | None = None) -> int:
+    """The seqlock's write order from an even ``seq``; returns the new even seq.
+    ``word`` is the slot's seq view, when the caller keeps one."""
+    if word is None:
+        word = _word(buf, off)
     word[0] = seq + 1
     _FIELDS.pack_into(buf, off + 8, price, ts_ns, recv_ns, tick_seq, updates)
     word[0] = seq + 2
     return seq + 2
 
 
-def read_record(buf: memoryview | bytearray, off: int, tries: int = READ_TRIES) -> Record | None:
+def read_record(buf: memoryview | bytearray, off: int, tries: int = READ_TRIES,
+                word: memoryview | None = None) -> Record | None:
     """Seqlock read; None when no consistent copy was had in ``tries``."""
-    word = _word(buf, off)
+    if word is None:
+        word = _word(buf, off)
     for _ in range(tries):
         s1 = word[0]
         if s1 & 1:
@@ -186,6 +190,9 @@ class Segment:
             for i in range(nsym)
         ]
         self.slots = {s: i for i, s in enumerate(self.symbols)}
+        # Views made once: each is read and written in one 8-byte move.
+        self.seq_words = [_word(self.buf, self.offset(i)) for i in range(capacity)]
+        self.heartbeat_word = _word(self.buf, _OFF_HEARTBEAT)
 
     @classmethod
     def create(cls, name: str, symbols: list[str] | tuple[str, ...]) -> Segment:
@@ -244,7 +251,7 @@ class Segment:
 
     @property
     def writer_heartbeat_ns(self) -> int:
-        return _word(self.buf, _OFF_HEARTBEAT)[0]
+        return self.heartbeat_word[0]
 
     def age_ms(self, now_ns: int | None = None) -> float:
         """Milliseconds since the writer's last heartbeat (inf: no writer)."""
@@ -258,7 +265,7 @@ class Segment:
 
     def read(self, slot: int, tries: int = READ_TRIES) -> Record | None:
         """A consistent copy of one slot, or None if none was had."""
-        return read_record(self.buf, self.records_offset + slot * RECORD_SIZE, tries)
+        return read_record(self.buf, self.records_offset + slot * RECORD_SIZE, tries, self.seq_words[slot])
 
     def replaced(self) -> bool:
         """True when the name no longer points at this segment (removed or re-created)."""
@@ -266,6 +273,8 @@ class Segment:
 
     def close(self) -> None:
         """Unmap (never unlink)."""
+        self.seq_words = []
+        self.heartbeat_word = None  # type: ignore[assignment]
         self.buf = None  # type: ignore[assignment]
         try:
             self._shm.close()
@@ -316,11 +325,11 @@ class Writer:
         u = self._updates[slot] + 1
         self._updates[slot] = u
         self._seq[slot] = _publish(self.seg.buf, self.seg.records_offset + slot * RECORD_SIZE, self._seq[slot],
-                                   price, ts_ns, time.time_ns(), tick_seq, u)
+                                   price, ts_ns, time.time_ns(), tick_seq, u, self.seg.seq_words[slot])
 
     def heartbeat(self, now_ns: int | None = None) -> None:
         """Tell readers the writer lives."""
-        _word(self.seg.buf, _OFF_HEARTBEAT)[0] = now_ns or time.time_ns()
+        self.seg.heartbeat_word[0] = now_ns or time.time_ns()
 
     def release(self) -> None:
         """Give the segment up on a clean stop: no writer, so readers see it stale."""
