@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any
+from typing import Any, Self
 
 from shared.protocol import PROTO, FrameDecoder, Logon, LogonAck, Message, Order, frame
 
@@ -36,7 +36,7 @@ class Peer:
             self.sock.settimeout(left)
             try:
                 data = self.sock.recv(1 << 16)
-            except socket.timeout:
+            except TimeoutError:
                 raise TimeoutError("no message") from None
             if not data:
                 raise EOFError("peer closed")
@@ -54,7 +54,7 @@ class Peer:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> Peer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: Any) -> None:
