@@ -84,6 +84,12 @@ class Order(_Msg, tag="order"):
     ts_ns: Seq
     tick_ts_ns: Seq
 
+    def __post_init__(self) -> None:
+        # Times are u64; a bigger int would crash the ordermanager's JSON log line (msgspec
+        # bounds only int64, so the check lives here; decoding turns it into a ValidationError).
+        if self.ts_ns >= 1 << 64 or self.tick_ts_ns >= 1 << 64:
+            raise ValueError("ts_ns and tick_ts_ns must fit in 64 bits")
+
 
 class LogonAck(_Msg, tag="logon_ack"):
     """The ordermanager's answer to a good logon."""
@@ -122,7 +128,15 @@ class RemoteProtocolError(ProtocolError):
 
 
 class BadFrame(RemoteProtocolError):
-    """The framing is broken (length 0 or over the limit): close the connection."""
+    """The framing is broken (length 0 or over the limit): close the connection.
+
+    ``messages`` holds what the same ``feed`` completed before the bad length,
+    still to be handled.
+    """
+
+    def __init__(self, detail: str, messages: list[Message | BadMessage] | None = None) -> None:
+        super().__init__(detail)
+        self.messages = messages or []
 
 
 class BadMessage(RemoteProtocolError):
@@ -163,7 +177,7 @@ def decode(body: bytes | memoryview) -> Message:
         return _decoder.decode(body)
     except msgspec.ValidationError as e:
         raise BadMessage(str(e), _order_id_of(body)) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:  # msgspec raises the latter on bad UTF-8 in a string
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:  # bad UTF-8; nesting too deep
         raise BadMessage(f"not JSON: {e}") from None
 
 
@@ -171,7 +185,7 @@ def _order_id_of(body: bytes | memoryview) -> str | None:
     """Best effort: the order_id of an invalid message, for its reject."""
     try:
         obj = _loose.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     oid = obj.get("order_id") if isinstance(obj, dict) else None
     return oid if isinstance(oid, str) and 0 < len(oid) <= 128 and oid.isascii() and oid.isprintable() else None
@@ -204,6 +218,10 @@ class FrameDecoder:
             raise BadFrame("decoder already failed")
         if self._buf:  # the rest of a frame cut by the last read
             self._buf += data
+            buf = self._buf
+            n = _LEN.unpack_from(buf)[0] if len(buf) >= HEADER else 1
+            if 0 < n <= MAX_FRAME and len(buf) < HEADER + n:
+                return []  # still short: no copy, so a frame trickled in byte by byte costs linear time
             data = bytes(self._buf)
             self._buf.clear()
         elif not isinstance(data, bytes):
@@ -216,7 +234,7 @@ class FrameDecoder:
             n = unpack(data, pos)[0]
             if n == 0 or n > MAX_FRAME:
                 self.broken = True
-                raise BadFrame(f"frame length {n} outside 1..{MAX_FRAME}")
+                raise BadFrame(f"frame length {n} outside 1..{MAX_FRAME}", out)
             if end - pos - HEADER < n:
                 break
             body = view[pos + HEADER : pos + HEADER + n]
@@ -225,7 +243,7 @@ class FrameDecoder:
                 out.append(decode(body))
             except msgspec.ValidationError as e:
                 out.append(BadMessage(str(e), _order_id_of(body)))
-            except (msgspec.DecodeError, UnicodeDecodeError) as e:
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
                 out.append(BadMessage(f"not JSON: {e}"))
         if pos < end:
             self._buf += view[pos:]
