@@ -93,19 +93,21 @@ class Conn:
             self.close("eof")
             return
         self.last_rx = time.monotonic()
+        bad: BadFrame | None = None
         try:
             msgs = self.decoder.feed(data)
-        except BadFrame as e:
-            self.log.warning("bad_frame", peer=self.peer, stream=self.stream, reason=str(e))
-            self.on_message(self, e)
-            self.close("bad_frame")
-            return
+        except BadFrame as e:  # the frames before it in this read are still answered
+            msgs, bad = e.messages, e
         for m in msgs:
             if type(m) is BadMessage:
                 self.log.warning("bad_frame", peer=self.peer, stream=self.stream, reason=m.detail)
             self.on_message(self, m)
             if self.closed:
                 return
+        if bad is not None:
+            self.log.warning("bad_frame", peer=self.peer, stream=self.stream, reason=str(bad))
+            self.on_message(self, bad)
+            self.close("bad_frame")
 
     def write(self, data: bytes | bytearray) -> None:
         """Send now if the socket takes it; queue the rest."""
