@@ -181,8 +181,9 @@ class BookWriter:
                 self._detach("segment_replaced")
                 return
         self.client.poll(now)
-        self.client.check_alive(now, self.timeout_s)
         self.loop.run_once(max(0.0, min(self.next_beat - time.monotonic(), 0.02)))
+        # Judged after reading (see OrderManager.step).
+        self.client.check_alive(time.monotonic(), self.timeout_s)
 
     def shutdown(self, deadline: float) -> None:
         self.client.close()

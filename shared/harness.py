@@ -114,7 +114,25 @@ class Stack:
         self.pid = int((self.run / "supervisord.pid").read_text())
         if wait:
             self.wait_running(timeout=timeout)
+            self.wait_ready(timeout=timeout)
         return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until the servers listen and the book is fresh: RUNNING only
+        means a program stayed up for ``startsecs``."""
+        def ready() -> bool:
+            if len(self.events("gateway", "listening")) < 2 or not self.events("ordermanager", "listening"):
+                return False
+            try:
+                seg = book.Segment.attach(self.segment)
+            except book.BookError:
+                return False
+            try:
+                return seg.age_ms() < self.cfg.book.stale_ms
+            finally:
+                seg.close()
+
+        self.wait_for(ready, timeout=timeout)
 
     @property
     def rpc(self) -> Any:

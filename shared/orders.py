@@ -247,6 +247,10 @@ class OrderManager:
                 conn.write(data)
 
     def step(self) -> None:
+        # Read first, then judge silence: after a long deschedule the peers'
+        # heartbeats are waiting unread, and the link is alive.
+        self.loop.run_once(max(0.0, self.next_housekeeping - time.monotonic()))
+        self._commit()
         now = time.monotonic()
         if now >= self.next_housekeeping:
             self.next_housekeeping = now + min(0.05, self.hb_s / 4)
@@ -261,8 +265,6 @@ class OrderManager:
                     conn.close("heartbeat_timeout")
                 elif conn.quiet_for(now) >= self.hb_s:
                     conn.write(frame(Heartbeat(ts_ns=time.time_ns())))
-        self.loop.run_once(max(0.0, self.next_housekeeping - now))
-        self._commit()
 
     def shutdown(self, deadline: float) -> None:
         self.server.close()  # stop intake

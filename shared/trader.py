@@ -222,6 +222,9 @@ class Trader:
     # --- the loop -------------------------------------------------------------
 
     def step(self) -> None:
+        # Read first, then judge silence (see OrderManager.step).
+        self.loop.run_once(self.poll_s)
+        self._poll_book()
         now = time.monotonic()
         if self.seg is None and now >= self.next_attach:
             self._attach(now)
@@ -242,8 +245,6 @@ class Trader:
             c = self.om.conn
             if c is not None and self.logged_on and c.quiet_for(now) >= self.om_hb_s:
                 c.write(frame(Heartbeat(ts_ns=time.time_ns())))
-        self.loop.run_once(self.poll_s)
-        self._poll_book()
 
     def shutdown(self, deadline: float) -> None:
         self.news.close()  # stop intake first
