@@ -63,7 +63,7 @@ def restart_problems(audit: list[dict[str, Any]], program: str, old_pid: int, ne
     """The audit log shows ``old_pid`` leaving and ``new_pid`` reaching RUNNING."""
     mine = [r for r in audit if r.get("process") == program]
     problems = []
-    if not any(r["pid"] == old_pid and r["to_state"] in ("EXITED", "STOPPED", "BACKOFF", "FATAL") for r in mine):
+    if not any(r["pid"] == old_pid and r["to_state"] in ("EXITED", "STOPPING", "STOPPED", "BACKOFF", "FATAL") for r in mine):
         problems.append(f"audit: no exit of {program} pid {old_pid}")
     if not any(r["pid"] == new_pid and r["to_state"] == "RUNNING" for r in mine):
         problems.append(f"audit: {program} pid {new_pid} never RUNNING")

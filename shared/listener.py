@@ -72,4 +72,11 @@ class Auditor:
         self.ready = False
 
     def shutdown(self, deadline: float) -> None:
+        # supervisord sends no event to a listener it is stopping, so on a
+        # stop or a reload the auditor records its own stop itself.
+        me = {"eventname": PREFIX + "STOPPING"}
+        payload = (f"processname:{os.environ.get('SUPERVISOR_PROCESS_NAME', 'auditor')} "
+                   f"groupname:{os.environ.get('SUPERVISOR_GROUP_NAME', 'auditor')} "
+                   f"from_state:RUNNING pid:{os.getpid()}")
+        self.out.write(orjson.dumps(record(me, payload)) + b"\n")
         self.out.close()
