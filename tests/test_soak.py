@@ -1,0 +1,24 @@
+"""The chaos soak, as CI runs it: 30 seconds of random faults, then the invariants."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared import soak
+
+
+def test_percentile_nearest_rank() -> None:
+    xs = [float(x) for x in range(1, 101)]
+    assert soak.percentile(xs, 50) == 50.0
+    assert soak.percentile(xs, 99) == 99.0
+    assert soak.percentile([3.0], 99) == 3.0
+
+
+def test_soak_30s_heals_every_fault_and_loses_no_order(tmp_path: Path) -> None:
+    report = soak.run(30, seed=7, workdir=tmp_path)
+    text = soak.table(report)
+    print(text)
+    assert not report["failures"], text
+    assert sum(len(v) for v in report["recoveries"].values()) >= 3, text
+    o = report["orders"]
+    assert o["journaled"] > 0 and o["duplicated"] == 0 and o["lost"] == 0, text
