@@ -1,0 +1,585 @@
+"""deploy/bench: the stack's figures, each beside its reference measured in
+the same run, as one markdown table (issue 4).
+
+The references run first, with no stack up (bare loopback processes from
+``shared.loopback``); then two private stacks under the real supervisord
+(logging on, journal on, the default durability): one for the price feed,
+the book and the ordermanager, one for tick-to-trade and recovery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared import loopback
+from shared.book import Record, Segment
+from shared.config import ROOT
+from shared.harness import Stack, dump_toml
+from shared.peer import OrderClient
+from shared.protocol import Ack, Reject
+
+# What the seed system reported (seeds/: performance report, README).
+SEED_T2T_MEAN_US = 3200.0
+SEED_TICKS_S = 99.5
+SEED_BOOK_BYTES = 144
+# Issue 4's targets.
+T2T_P50_X, T2T_P99_X = 1.5, 3.0
+FEED_MIN, FEED_RAW_SHARE = 200_000, 0.25
+BOOK_P99_US = 1000.0
+OM_MIN = 100_000
+RSS_MAX_MB = 50.0
+
+NEWS_RATE, PRICE_RATE, BOOK_RATE = 200, 1000, 10_000
+# Most news makes an order: any non-neutral sentiment is a signal, and short
+# windows make the price signal flip often (the rule still decides).
+T2T_STRATEGY = {"bullish": 50, "bearish": 50, "short_window": 2, "long_window": 4}
+PROGRAMS = ("gateway", "orderbook", "strategy", "ordermanager", "bootstrap", "auditor")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long each part runs."""
+
+    feed_s: float = 20.0
+    t2t_s: float = 40.0
+    floor_n: int = 2000
+    raw_s: float = 3.0
+    book_s: float = 8.0
+    om_s: float = 5.0
+    kills: int = 5
+    reads: int = 200_000
+
+
+QUICK = Plan(feed_s=2.0, t2t_s=3.0, floor_n=200, raw_s=0.5, book_s=1.0, om_s=1.0, kills=1, reads=20_000)
+
+
+_T0 = time.monotonic()
+
+
+def say(msg: str) -> None:
+    """Progress, on stderr (stdout carries only the table)."""
+    print(f"bench: {time.monotonic() - _T0:6.1f} s  {msg}", file=sys.stderr, flush=True)
+
+
+# --- statistics ---------------------------------------------------------------
+
+
+def pct(xs: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile (0 < q <= 1) of ``xs``; NaN when empty."""
+    if not xs:
+        return math.nan
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+def stats_us(ns: Sequence[int]) -> dict[str, float]:
+    """p50, p99, p99.9, max and mean in microseconds, and the count."""
+    us = [x / 1e3 for x in ns]
+    return {"p50": pct(us, 0.5), "p99": pct(us, 0.99), "p99.9": pct(us, 0.999), "max": max(us, default=math.nan),
+            "mean": sum(us) / len(us) if us else math.nan, "n": len(us)}
+
+
+# --- the stack ----------------------------------------------------------------
+
+
+def attach(stack: Stack, timeout: float = 30.0) -> Segment:
+    """The stack's segment, once a writer keeps it fresh and every slot is written."""
+
+    def ready() -> Segment | None:
+        try:
+            seg = Segment.attach(stack.segment)
+        except Exception:
+            return None
+        recs = records(seg)
+        if seg.age_ms() < stack.cfg.book.stale_ms and all(r is not None and r.seq for r in recs):
+            return seg
+        seg.close()
+        return None
+
+    return stack.wait_for(ready, timeout=timeout, interval=0.05)
+
+
+def records(seg: Segment) -> list[Record | None]:
+    return [seg.read(i) for i in range(len(seg.symbols))]
+
+
+def wait_fresh(seg: Segment, since_ns: int, timeout: float = 30.0) -> int:
+    """Wait until the book holds a tick made after ``since_ns``; its recv_ns."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fresh = [r.recv_ns for r in records(seg) if r is not None and r.ts_ns > since_ns]
+        if fresh:
+            return min(fresh)
+        time.sleep(0.001)
+    raise TimeoutError("the book did not become fresh")
+
+
+def set_gateway(stack: Stack, seg: Segment, **values: Any) -> None:
+    """Rewrite the gateway's config keys, restart it, wait for fresh ticks."""
+    stack.doc["gateway"].update(values)
+    stack.config_path.write_text(dump_toml(stack.doc))
+    t = time.time_ns()
+    stack.ctl("restart", "gateway", check=True)
+    wait_fresh(seg, t)
+    time.sleep(0.5)  # past the new gateway's start, into its steady pace
+
+
+def count_events(stack: Stack) -> tuple[int, int]:
+    """(gap_detected in the orderbook, slow_consumer drops in the gateway or any
+    reconnect of the orderbook's price link) so far."""
+    gaps = len(stack.events("orderbook", "gap_detected"))
+    drops = sum(1 for e in stack.events("gateway", "disconnected") if e.get("reason") == "slow_consumer")
+    return gaps, max(drops, len(stack.events("orderbook", "disconnected")))
+
+
+def rss_mb(stack: Stack) -> dict[str, float]:
+    """VmRSS of every program, in MB."""
+    out = {}
+    for name, pid in stack.pids().items():
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            continue
+        out[name] = kb / 1024
+    return out
+
+
+SNAPSHOT_S = 50e-6  # the longest a read of every slot may take to count as one instant
+
+
+def snapshot(seg: Segment) -> tuple[list[Record], float]:
+    """Every slot, read within SNAPSHOT_S (retried when the reader was preempted); and when."""
+    for _ in range(10_000):
+        t = time.perf_counter()
+        recs = records(seg)
+        if time.perf_counter() - t < SNAPSHOT_S and all(recs):
+            break
+    return [r for r in recs if r is not None], time.monotonic()
+
+
+def feed_run(stack: Stack, seg: Segment, seconds: float) -> dict[str, Any]:
+    """Ticks/s written into the book over ``seconds`` (less, at the first gap or
+    drop), and whether any was lost.
+
+    Ticks made (the advance of the newest tick_seq) must equal ticks written
+    (the sum of ``updates``), give or take those landing while the slots are read.
+    """
+    ev0 = count_events(stack)
+    a, ta = snapshot(seg)
+    end, ev1 = ta + seconds, ev0
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(0.5, left))
+        ev1 = count_events(stack)
+        if ev1 != ev0:
+            break  # not clean: no need to wait for the end
+    b, tb = snapshot(seg)
+    upd = sum(r.updates for r in b) - sum(r.updates for r in a)
+    made = max(r.tick_seq for r in b) - max(r.tick_seq for r in a)
+    rate = upd / (tb - ta)
+    slack = len(seg.symbols) + 2 * math.ceil(rate * SNAPSHOT_S)
+    lost = made - upd if abs(made - upd) > slack else 0
+    gaps, drops = ev1[0] - ev0[0], ev1[1] - ev0[1]
+    return {"rate": rate, "gaps": gaps, "drops": drops, "lost": lost,
+            "clean": gaps == drops == lost == 0 and made > 0}
+
+
+def book_latency(seg: Segment, seconds: float) -> list[int]:
+    """recv_ns - ts_ns of the ticks a reader polling every millisecond sees."""
+    seen: dict[int, int] = {}
+    out: list[int] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for i, r in enumerate(records(seg)):
+            if r is not None and seen.get(i) != r.tick_seq:
+                seen[i] = r.tick_seq
+                out.append(r.recv_ns - r.ts_ns)
+        time.sleep(0.001)
+    return out[len(seg.symbols):]  # the first look finds old ticks
+
+
+def read_ns(seg: Segment, n: int) -> tuple[float, float]:
+    """ns per consistent ``Segment.read``, and per bare unpack of the same bytes."""
+    read, slot = seg.read, 0
+    t = time.perf_counter_ns()
+    for _ in range(n):
+        read(slot)
+    consistent = (time.perf_counter_ns() - t) / n
+    unpack, buf, off = struct.Struct("<QdQQQQ").unpack_from, seg.buf, seg.offset(0)
+    assert buf is not None
+    t = time.perf_counter_ns()
+    for _ in range(n):
+        unpack(buf, off)
+    return consistent, (time.perf_counter_ns() - t) / n
+
+
+def bare_rss_mb() -> float:
+    """VmRSS of a bare interpreter that imports nothing: the floor of any Python daemon."""
+    code = "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS:')))"
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    return int(out.stdout) / 1024
+
+
+def journal_count(stack: Stack, prefix: str) -> int:
+    return sum(1 for e in stack.journal() if str(e.get("client_id", "")).startswith(prefix))
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def _kill(stack: Stack, program: str) -> int:
+    """SIGKILL a program once supervisord has it RUNNING; the time of the kill."""
+    stack.wait_running((program,))
+    pid = stack.pids()[program]
+    t = time.time_ns()
+    os.kill(pid, signal.SIGKILL)
+    _wait_dead(pid)  # until then its listening socket still accepts
+    return t
+
+
+def _wait_dead(pid: int, timeout: float = 10.0) -> None:
+    """Wait until a killed process is gone or a zombie (its sockets are closed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.0005)
+    raise TimeoutError(f"pid {pid} survived SIGKILL")
+
+
+def recover_gateway(stack: Stack, seg: Segment) -> tuple[float, float]:
+    """kill -9 gateway: ms until the book is fresh again, and until the port listens."""
+    t0 = _kill(stack, "gateway")
+    listen: float | None = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if listen is None and _listening(stack.cfg.gateway.price_port):
+            listen = (time.time_ns() - t0) / 1e6
+        fresh = [r.recv_ns for r in records(seg) if r is not None and r.ts_ns > t0]
+        if fresh:
+            ms = (min(fresh) - t0) / 1e6
+            return ms, min(listen if listen is not None else ms, ms)
+        time.sleep(0.001)
+    raise TimeoutError("the book did not become fresh after kill -9 gateway")
+
+
+def recover_ordermanager(stack: Stack, trial: int) -> tuple[float, float]:
+    """kill -9 ordermanager: ms until an order is acked again, and until the port listens."""
+    om = stack.cfg.ordermanager
+    t0 = _kill(stack, "ordermanager")
+    listen: float | None = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            c = OrderClient(om.host, om.port, timeout=0.5)
+        except OSError:
+            time.sleep(0.001)
+            continue
+        listen = listen or (time.time_ns() - t0) / 1e6
+        try:
+            with c:
+                c.logon("bench-recovery", stack.token)
+                c.order(f"rec-{trial}", stack.cfg.symbols[0], "BUY", 1, 100.0)
+                if isinstance(c.recv_type(Ack, Reject, timeout=5), Ack):
+                    return (time.time_ns() - t0) / 1e6, listen
+        except (OSError, EOFError, TimeoutError):
+            time.sleep(0.001)
+    raise TimeoutError("no ack after kill -9 ordermanager")
+
+
+# --- the phases ---------------------------------------------------------------
+
+
+def references(plan: Plan, res: dict[str, Any]) -> None:
+    """Everything measured without the stack."""
+    say(f"floor: two-hop chain, {plan.floor_n} news at {NEWS_RATE}/s")
+    res["floor"] = loopback.chain(2, "news", NEWS_RATE, plan.floor_n)
+    say(f"one-hop chain, prices at {BOOK_RATE}/s")
+    res["hop"] = loopback.chain(1, "price", BOOK_RATE, int(BOOK_RATE * plan.book_s))
+    say("raw framed stream")
+    res["raw"] = loopback.raw_stream(plan.raw_s)
+    say("bare ack server, 4 pipelining clients")
+    res["om_bare"] = loopback.bare_order_load(plan.om_s)
+    res["rss_bare"] = bare_rss_mb()
+
+
+def feed_stack(workdir: Path, plan: Plan, res: dict[str, Any]) -> None:
+    """Price feed, tick -> book, ordermanager throughput, book reads, RSS."""
+    stack = Stack(workdir, {"gateway": {"price_rate": 0}})
+    say("stack 1: price feed as fast as possible")
+    stack.start()
+    try:
+        seg = attach(stack)
+        try:
+            time.sleep(min(2.0, plan.feed_s / 2))  # past the start, into the steady state
+            rate = 0
+            for attempt in range(3):
+                f = feed_run(stack, seg, plan.feed_s)
+                if f["clean"] or attempt == 2:
+                    break
+                rate = int(f["rate"] * 0.8)  # not clean: step the configured rate down
+                say(f"feed not clean ({f}); stepping price_rate to {rate}")
+                set_gateway(stack, seg, price_rate=rate)
+            res["feed"], res["feed_rate_cfg"] = f, rate
+            res["segment"] = (seg.size, len(seg.symbols))
+            res["rss_feed"] = rss_mb(stack)
+            say(f"tick -> book at {BOOK_RATE}/s")
+            set_gateway(stack, seg, price_rate=BOOK_RATE)
+            ev = count_events(stack)
+            res["book"] = book_latency(seg, plan.book_s)
+            res["book_clean"] = count_events(stack) == ev
+            set_gateway(stack, seg, price_rate=100)
+            say("ordermanager: 4 pipelining clients")
+            om = loopback.order_load(stack.cfg.ordermanager.port, stack.token, stack.cfg.symbols[0], plan.om_s)
+            om["journaled"] = journal_count(stack, "bench-")
+            res["om"] = om
+            res["rss_om"] = rss_mb(stack)
+            res["read_ns"] = read_ns(seg, plan.reads)
+        finally:
+            seg.close()
+    finally:
+        stack.stop()
+
+
+def t2t_stack(workdir: Path, plan: Plan, res: dict[str, Any]) -> None:
+    """Tick-to-trade at 1,000 prices/s and 200 news/s; then recovery."""
+    stack = Stack(workdir, {"gateway": {"price_rate": PRICE_RATE, "news_rate": NEWS_RATE},
+                            "strategy": T2T_STRATEGY})
+    say(f"stack 2: tick-to-trade for {plan.t2t_s:g} s")
+    stack.start()
+    try:
+        seg = attach(stack)
+        try:
+            stack.wait_for(lambda: stack.events("strategy", "logged_on"), timeout=30)
+            time.sleep(1.0)
+            t0 = time.time_ns()
+            time.sleep(plan.t2t_s)
+            t1 = time.time_ns()
+            time.sleep(0.5)  # the last orders in flight
+            cid = stack.cfg.strategy.client_id
+            res["t2t"] = [e["recv_ns"] - e["tick_ts_ns"] for e in stack.journal()
+                          if e.get("client_id") == cid and t0 <= e["tick_ts_ns"] < t1]
+            res["t2t_news"] = round(NEWS_RATE * plan.t2t_s)
+            res["rss_t2t"] = rss_mb(stack)
+            say(f"recovery: kill -9 gateway, ordermanager, {plan.kills} times each")
+            res["rec_gw"] = [recover_gateway(stack, seg) for _ in range(plan.kills)]
+            res["rec_om"] = [recover_ordermanager(stack, i) for i in range(plan.kills)]
+        finally:
+            seg.close()
+    finally:
+        stack.stop()
+
+
+# --- the report ---------------------------------------------------------------
+
+
+def fmt(x: float | int | None, digits: int = 0) -> str:
+    """A number for the table: thousands separated, NaN/None as a dash."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:,.{digits}f}"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}×" if b and not math.isnan(a) and not math.isnan(b) else "–"
+
+
+def verdict(ok: bool) -> str:
+    return "pass" if ok else "FAIL"
+
+
+Row = tuple[str, str, str, str, str, str, str]
+HEAD = ("figure", "stack", "reference (same run)", "stack/ref", "seed", "target (issue 4)", "pass/fail")
+
+
+def rows(res: dict[str, Any]) -> list[Row]:
+    """Every row of the table, from the results of one run."""
+    t, fl = stats_us(res["t2t"]), stats_us(res["floor"])
+    bk, hop = stats_us(res["book"]), stats_us(res["hop"])
+    feed, om = res["feed"], res["om"]
+    raw = res["raw"]
+    out: list[Row] = []
+    for q in ("p50", "p99", "p99.9", "max"):
+        target, ok = {"p50": (f"≤ {T2T_P50_X}× floor", t[q] <= T2T_P50_X * fl[q]),
+                      "p99": (f"≤ {T2T_P99_X:g}× floor", t[q] <= T2T_P99_X * fl[q])}.get(q, ("", None))
+        out.append((f"tick-to-trade {q} (µs)", fmt(t[q]), f"{fmt(fl[q])} floor", ratio(t[q], fl[q]), "", target,
+                    "" if ok is None else verdict(ok)))
+    out.append(("tick-to-trade mean (µs)", fmt(t["mean"]), f"{fmt(fl['mean'])} floor", ratio(t["mean"], fl["mean"]),
+                fmt(SEED_T2T_MEAN_US), "", ""))
+    out.append(("tick-to-trade samples", f"{t['n']:,} orders of {res['t2t_news']:,} news", f"{fl['n']:,}", "", "",
+                "", ""))
+    ok = feed["clean"] and feed["rate"] >= FEED_MIN and feed["rate"] >= FEED_RAW_SHARE * raw
+    out.append(("price feed into the book (ticks/s)", fmt(feed["rate"]), f"{fmt(raw)} raw stream",
+                ratio(feed["rate"], raw), fmt(SEED_TICKS_S, 1),
+                f"≥ {FEED_MIN:,} and ≥ {FEED_RAW_SHARE:.0%} of raw", verdict(ok)))
+    out.append(("price feed gaps / slow-consumer drops / lost", f"{feed['gaps']} / {feed['drops']} / {feed['lost']}",
+                "", "", "", "0 / 0 / 0", verdict(feed["clean"])))
+    for q in ("p50", "p99"):
+        target, ok = (f"≤ {BOOK_P99_US:,.0f} µs", bk[q] <= BOOK_P99_US and res["book_clean"]) if q == "p99" \
+            else ("", None)
+        out.append((f"tick → book {q} at {BOOK_RATE:,}/s (µs)", fmt(bk[q], 1), f"{fmt(hop[q], 1)} one hop",
+                    ratio(bk[q], hop[q]), "", target, "" if ok is None else verdict(ok)))
+    out.append(("ordermanager, 4 pipelining clients (orders/s)", fmt(om["rate"]), f"{fmt(res['om_bare'])} bare acks",
+                ratio(om["rate"], res["om_bare"]), "", f"≥ {OM_MIN:,}", verdict(om["rate"] >= OM_MIN)))
+    out.append(("ordermanager orders acked / journaled", f"{om['acked']:,} / {om['journaled']:,}", "", "", "",
+                "equal", verdict(om["acked"] == om["journaled"] and not om["rejected"])))
+    rd, unpack = res["read_ns"]
+    out.append(("book read from Python (ns, consistent)", fmt(rd), f"{fmt(unpack)} bare unpack", ratio(rd, unpack),
+                "", "", ""))
+    for p in PROGRAMS:
+        mb = max(res[k].get(p, math.nan) for k in ("rss_feed", "rss_om", "rss_t2t"))
+        out.append((f"RSS {p} (MB, peak of 3 samples)", fmt(mb, 1), f"{fmt(res['rss_bare'], 1)} bare interpreter",
+                    ratio(mb, res["rss_bare"]), "", f"≤ {RSS_MAX_MB:g} MB", verdict(mb <= RSS_MAX_MB)))
+    size, nsym = res["segment"]
+    out.append(("book segment (bytes)", f"{size:,} for {nsym} symbols", "", "", f"{SEED_BOOK_BYTES} for 3", "", ""))
+    out.append(("book bytes per symbol", fmt(size / nsym), "", "", fmt(SEED_BOOK_BYTES / 3), "", ""))
+    for key, what, ref in (("rec_gw", "kill -9 gateway → book fresh", "port listening"),
+                           ("rec_om", "kill -9 ordermanager → acks flow", "port listening")):
+        got, listen = [r[0] for r in res[key]], [r[1] for r in res[key]]
+        for q, qq in (("p50", 0.5), ("p99", 0.99)):
+            out.append((f"recovery {what} {q} (ms, {len(got)} runs)", fmt(pct(got, qq), 1),
+                        f"{fmt(pct(listen, qq), 1)} {ref}", ratio(pct(got, qq), pct(listen, qq)), "", "", ""))
+    return out
+
+
+def table(rs: list[Row]) -> str:
+    """The rows as one markdown table."""
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    lines += ["| " + " | ".join(r) + " |" for r in rs]
+    return "\n".join(lines)
+
+
+def notes(res: dict[str, Any], plan: Plan, argv: Sequence[str]) -> str:
+    """How the figures were made, under the table."""
+    f = res["feed"]
+    cfg_rate = "0 (as fast as possible)" if res["feed_rate_cfg"] == 0 else f"{res['feed_rate_cfg']:,}"
+    return "\n".join([
+        f"Command: `{' '.join(['deploy/bench', *argv])}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},"
+        f" {os.cpu_count()} cores, Python {sys.version.split()[0]}.",
+        "",
+        f"- Tick-to-trade: news `ts_ns` → the journal's `recv_ns`, {plan.t2t_s:g} s at {PRICE_RATE:,} prices/s and"
+        f" {NEWS_RATE} news/s, logging and journal on, default durability. The strategy's thresholds are lowered"
+        f" (`{', '.join(f'{k}={v}' for k, v in T2T_STRATEGY.items())}`) so most news can trade; it still orders only"
+        " when both signals agree and the position is not at target. Floor: a bare two-hop chain of separate"
+        f" processes (news frames at {NEWS_RATE}/s → decode, order frame → decode, timestamp), same framing"
+        " and msgspec, no stack.",
+        f"- Price feed: book `updates` over {plan.feed_s:g} s with `price_rate` = {cfg_rate}, counting `gap_detected`,"
+        " `slow_consumer` drops and ticks made (tick_seq) but not written. Raw stream: one process blasting"
+        " prebuilt price frames, one counting frames by their length prefixes.",
+        f"- Tick → book: `recv_ns − ts_ns` of the records a reader polling each millisecond sees, at {BOOK_RATE:,}"
+        f" ticks/s; {'no' if res['book_clean'] else 'SOME'} gaps or drops meanwhile. Reference: one bare hop of"
+        " the same frames at the same rate.",
+        f"- Ordermanager: 4 client processes keeping 256 orders each outstanding for {plan.om_s:g} s; every ack"
+        " counted, then the journal. Reference: the same clients against a bare server acking without journal or log.",
+        "- RSS: VmRSS of each supervisord pid after the feed, after the ordermanager load and after tick-to-trade."
+        " Reference: a bare interpreter importing nothing (`python -S`).",
+        f"- Recovery: {plan.kills} × `kill -9` each; gateway: until a tick made by the new gateway is in the book;"
+        " ordermanager: until a fresh client's order is acked. Reference: until the port accepts again.",
+        f"- Seed: {SEED_T2T_MEAN_US / 1000:g} ms average tick-to-trade, {SEED_TICKS_S} ticks/s,"
+        f" {SEED_BOOK_BYTES} bytes of book for 3 symbols (its own report; 8 cores)."
+        f" Feed run: {'clean' if f['clean'] else 'NOT clean'}.",
+    ])
+
+
+def histogram(res: dict[str, Any], path: Path) -> bool:
+    """A latency histogram PNG, if matplotlib is installed (the ``plot`` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (title, pairs) in zip(axes, (
+            ("tick-to-trade", (("stack", res["t2t"]), ("floor: bare two hops", res["floor"]))),
+            (f"tick → book at {BOOK_RATE:,}/s", (("stack", res["book"]), ("one bare hop", res["hop"])))), strict=True):
+        us = [[x / 1e3 for x in xs if x > 0] for _, xs in pairs]
+        lo = min((min(u) for u in us if u), default=1.0)
+        hi = max((max(u) for u in us if u), default=10.0)
+        bins = [lo * (hi / lo) ** (i / 60) for i in range(61)] if hi > lo else 60
+        for (label, _), u in zip(pairs, us, strict=True):
+            ax.hist(u, bins=bins, alpha=0.6, label=f"{label} (n={len(u):,})")
+        ax.set_xscale("log")
+        ax.set_xlabel("µs")
+        ax.set_ylabel("count")
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def run(plan: Plan, workdir: Path) -> dict[str, Any]:
+    """Every measurement; the results by name."""
+    res: dict[str, Any] = {}
+    references(plan, res)
+    feed_stack(workdir / "feed", plan, res)
+    t2t_stack(workdir / "t2t", plan, res)
+    return res
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """deploy/bench [--quick] [--duration S] [--out PATH]."""
+    ap = argparse.ArgumentParser(prog="deploy/bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a few seconds of everything (the smoke test)")
+    ap.add_argument("--duration", type=float, help="seconds of the price feed run (default 20)")
+    ap.add_argument("--t2t-duration", type=float, help="seconds of the tick-to-trade run (default 40)")
+    ap.add_argument("--kills", type=int, help="kill -9 runs per program (default 5)")
+    ap.add_argument("--out", default="logs/bench.md", help="markdown report (a .png beside it)")
+    ap.add_argument("--keep", action="store_true", help="keep the stacks' directories (logs, journal)")
+    args = ap.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    plan = QUICK if args.quick else Plan()
+    overrides = {"feed_s": args.duration, "t2t_s": args.t2t_duration, "kills": args.kills}
+    plan = Plan(**{**plan.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+    workdir = Path(tempfile.mkdtemp(prefix="tsbench"))
+    try:
+        res = run(plan, workdir)
+    finally:
+        if args.keep:
+            say(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report = table(rows(res))
+    print(report)
+    out = Path(args.out)
+    if not out.is_absolute():
+        out = Path.cwd() / out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"{report}\n\n{notes(res, plan, argv)}\n")
+    say(f"wrote {out}")
+    png = out.with_suffix(".png")
+    if histogram(res, png):
+        say(f"wrote {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
