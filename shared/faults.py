@@ -246,7 +246,7 @@ TOXICS: dict[str, dict[str, float]] = {
     "latency": {"ms": 100, "jitter": 0},  # each chunk delayed ms ± jitter, order kept
     "bandwidth": {"rate": 1000},  # bytes per second
     "reset_peer": {"timeout": 0},  # ms after connect (or after the toxic is set): RST both ends
-    "blackhole": {},  # hold the connection, pass nothing
+    "blackhole": {},  # hold the connection and its bytes, pass nothing until removed
     "slicer": {"average_size": 2, "size_variation": 1, "delay_us": 0},  # tiny writes
     "limit_data": {"bytes": 1000},  # close after this many bytes, wherever a frame stands
     "garbage": {"probability": 0.1, "size": 8},  # random bytes into a chunk
@@ -338,7 +338,7 @@ class ProxyServer:
         self.toxics_since = time.monotonic()
         self.links: list[_Link] = []
         self.stats = {"accepted": 0, "closed": 0, "bytes_upstream": 0, "bytes_downstream": 0, "writes": 0,
-                      "dropped": 0, "garbage": 0, "resets": 0, "cuts": 0, "upstream_refused": 0}
+                      "held": 0, "garbage": 0, "resets": 0, "cuts": 0, "upstream_refused": 0}
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(listen)
@@ -366,7 +366,11 @@ class ProxyServer:
         checked = [toxic(t["type"], **{k: v for k, v in t.items() if k != "type"}) for t in toxics]
         old = self.toxics
         self.toxics = checked
-        self.toxics_since = time.monotonic()
+        now = self.toxics_since = time.monotonic()
+        for link in self.links:  # what the old toxics held or slowed goes out now, as in Toxiproxy
+            for pipe in (link.up, link.down):
+                pipe.queue = deque((min(due, now), chunk) for due, chunk in pipe.queue)
+                pipe.last_due = min(pipe.last_due, now)
         for t in checked:
             self.log.warning("fault_injected", fault="toxic", link=self.name,
                              upstream=f"{self.upstream_addr[0]}:{self.upstream_addr[1]}", **t)
@@ -460,8 +464,11 @@ class ProxyServer:
     def _ingest(self, pipe: _Pipe, data: bytes, now: float) -> None:
         """Run one received chunk through the toxics into the pipe's queue."""
         tx = self._active(pipe.direction)
-        if "blackhole" in tx:
-            self.stats["dropped"] += len(data)
+        if "blackhole" in tx:  # held, not dropped: released in order when the toxic goes
+            self.stats["held"] += len(data)
+            pipe.queue.append((float("inf"), data))
+            pipe.last_due = float("inf")
+            pipe.pending += len(data)
             return
         g = tx.get("garbage")
         if g and self.rng.random() < g["probability"]:
