@@ -59,11 +59,14 @@ def ack_problems(journal: list[dict[str, Any]], acks: Iterable[Ack]) -> list[str
     return problems
 
 
+_GONE = ("EXITED", "STOPPING", "STOPPED", "BACKOFF", "FATAL")  # a pid on its way out
+
+
 def restart_problems(audit: list[dict[str, Any]], program: str, old_pid: int, new_pid: int) -> list[str]:
     """The audit log shows ``old_pid`` leaving and ``new_pid`` reaching RUNNING."""
     mine = [r for r in audit if r.get("process") == program]
     problems = []
-    if not any(r["pid"] == old_pid and r["to_state"] in ("EXITED", "STOPPING", "STOPPED", "BACKOFF", "FATAL") for r in mine):
+    if not any(r["pid"] == old_pid and r["to_state"] in _GONE for r in mine):
         problems.append(f"audit: no exit of {program} pid {old_pid}")
     if not any(r["pid"] == new_pid and r["to_state"] == "RUNNING" for r in mine):
         problems.append(f"audit: {program} pid {new_pid} never RUNNING")
