@@ -1,0 +1,429 @@
+"""stack-audit: what happened to the stack, told from its logs alone.
+
+Reads a logs directory (the repository's ``logs/`` unless ``--logs`` names
+another): every program's JSON log (``<program>.log`` and its rotations
+``.log.1`` …), the auditor's ``audit.log`` and the order journal. It prints,
+per program, starts, unexpected exits, FATALs, downtime and MTTR; reconnects
+with their ``down_ms``; bad frames and rejects by reason; the orders and
+their tick-to-trade percentiles. ``--json`` prints the same figures as one
+JSON document; ``--follow`` tails a human view of every log, like ``tail -f``.
+
+The figures come from pure functions of parsed records (``summarize`` and the
+ones it calls), so they are tested on synthetic lines; files are read apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import os
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from shared.config import ROOT
+
+Record = dict[str, Any]
+
+AUDIT_LOG = "audit.log"
+JOURNAL = "orders.jsonl"
+NOT_PROGRAMS = {AUDIT_LOG, "supervisord.log"}  # *.log files that are not a program's JSON log
+PERCENTILES = (("p50", 50.0), ("p99", 99.0), ("p99.9", 99.9))
+
+# --- parsing ------------------------------------------------------------------
+
+
+def parse_line(line: bytes | str) -> Record | None:
+    """The JSON object on one log line, or None (blank, torn, not JSON, not an object)."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def parse_ts(ts: str) -> float:
+    """An ISO 8601 ``ts`` (``…Z`` or with an offset) as seconds since the epoch."""
+    t = dt.datetime.fromisoformat(ts)
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return t.timestamp()
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """The nearest-rank ``q``-th percentile of an ascending, non-empty list."""
+    k = max(0, math.ceil(round(q * len(ordered) / 100, 9)) - 1)  # round: 99.9% of 2000 is 1998, not 1998.0000001
+    return ordered[min(k, len(ordered) - 1)]
+
+
+def spread(values: Iterable[float]) -> dict[str, float] | None:
+    """count, p50, p99, p99.9 and max of some values (None when there are none)."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    out: dict[str, float] = {"count": len(ordered)}
+    for name, q in PERCENTILES:
+        out[name] = percentile(ordered, q)
+    out["max"] = ordered[-1]
+    return out
+
+
+# --- the figures --------------------------------------------------------------
+
+
+def process_stats(audit: Iterable[Record]) -> dict[str, dict[str, Any]]:
+    """Per process, from ``process_state`` records in order: ``starts`` (times it reached
+    RUNNING), ``unexpected_exits`` (EXITED, not expected), ``backoffs`` (exited while
+    STARTING), ``fatals``, and ``downtime_s`` summed over every stretch from leaving RUNNING
+    to the next RUNNING; ``mttr_s`` is that over ``recoveries``. A process down at the end
+    has ``down_since`` (its open stretch is not in the downtime)."""
+    out: dict[str, dict[str, Any]] = {}
+    left: dict[str, float] = {}  # process -> when it last left RUNNING
+    for r in audit:
+        if r.get("event") != "process_state" or not r.get("process"):
+            continue
+        name, to = r["process"], r.get("to_state")
+        s = out.setdefault(name, {"starts": 0, "unexpected_exits": 0, "backoffs": 0, "fatals": 0,
+                                  "recoveries": 0, "downtime_s": 0.0, "mttr_s": None, "down_since": None,
+                                  "state": None})
+        s["state"] = to
+        t = parse_ts(r["ts"])
+        if to == "RUNNING":
+            s["starts"] += 1
+            if name in left:
+                s["downtime_s"] += t - left.pop(name)
+                s["recoveries"] += 1
+        elif r.get("from_state") == "RUNNING":
+            left[name] = t
+        if to == "EXITED" and r.get("expected") is False:
+            s["unexpected_exits"] += 1
+        elif to == "BACKOFF":
+            s["backoffs"] += 1
+        elif to == "FATAL":
+            s["fatals"] += 1
+    for name, s in out.items():
+        s["downtime_s"] = round(s["downtime_s"], 3)
+        if s["recoveries"]:
+            s["mttr_s"] = round(s["downtime_s"] / s["recoveries"], 3)
+        if name in left:
+            s["down_since"] = dt.datetime.fromtimestamp(left[name], dt.UTC).isoformat().replace("+00:00", "Z")
+    return out
+
+
+def log_stats(logs: Mapping[str, Iterable[Record]]) -> dict[str, dict[str, int]]:
+    """Per program log: ``errors`` and ``warnings`` (by level) and ``crashes`` (``crashed`` events)."""
+    out = {}
+    for program, records in logs.items():
+        levels = Counter(r.get("level") for r in records)
+        out[program] = {"errors": levels["error"] + levels["critical"], "warnings": levels["warning"],
+                        "crashes": sum(r.get("event") == "crashed" for r in records)}
+    return out
+
+
+def reconnect_stats(logs: Mapping[str, Iterable[Record]]) -> dict[str, dict[str, Any]]:
+    """Per program and peer, from ``reconnected`` records: the stream, how many, and their
+    ``down_ms`` (count, p50, p99, p99.9, max) with the total."""
+    downs: dict[str, dict[str, list[float]]] = {}
+    streams: dict[tuple[str, str], str] = {}
+    for program, records in logs.items():
+        for r in records:
+            if r.get("event") != "reconnected":
+                continue
+            peer = str(r.get("peer"))
+            downs.setdefault(program, {}).setdefault(peer, []).append(float(r.get("down_ms") or 0))
+            streams[program, peer] = str(r.get("stream", ""))
+    return {program: {peer: {"stream": streams[program, peer], "count": len(ms), "total_ms": round(sum(ms), 3),
+                             "down_ms": spread(ms)}
+                      for peer, ms in sorted(peers.items())}
+            for program, peers in sorted(downs.items())}
+
+
+_NUMBERS = re.compile(r"\d+")
+
+
+def bad_frame_kind(reason: str) -> str:
+    """A ``bad_frame`` reason without what varies (JSON paths, numbers, decoder detail)."""
+    kind = reason.split(" - at ")[0]
+    if kind.startswith("not JSON"):
+        kind = "not JSON"
+    return _NUMBERS.sub("N", kind)[:80]
+
+
+def frame_stats(logs: Mapping[str, Iterable[Record]]) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+    """Per program: ``bad_frame`` records by kind of reason, and ``order_rejected`` by reason code."""
+    bad: dict[str, dict[str, int]] = {}
+    rejects: dict[str, dict[str, int]] = {}
+    for program, records in logs.items():
+        b: Counter[str] = Counter()
+        rj: Counter[str] = Counter()
+        for r in records:
+            if r.get("event") == "bad_frame":
+                b[bad_frame_kind(str(r.get("reason", "")))] += 1
+            elif r.get("event") == "order_rejected":
+                rj[str(r.get("reason"))] += 1
+        if b:
+            bad[program] = dict(b.most_common())
+        if rj:
+            rejects[program] = dict(rj.most_common())
+    return bad, rejects
+
+
+def order_stats(journal: Iterable[Record], logs: Mapping[str, Iterable[Record]]) -> dict[str, Any]:
+    """The journal's count, the ``order_received`` and ``order_duplicate`` records (duplicate
+    acks), any (client_id, order_id) journaled twice, and tick-to-trade in microseconds
+    (journal ``recv_ns`` − ``tick_ts_ns``)."""
+    entries = list(journal)
+    keys = Counter((e.get("client_id"), e.get("order_id")) for e in entries)
+    received = duplicates = 0
+    for records in logs.values():
+        for r in records:
+            received += r.get("event") == "order_received"
+            duplicates += r.get("event") == "order_duplicate"
+    t2t = [(e["recv_ns"] - e["tick_ts_ns"]) / 1000 for e in entries
+           if isinstance(e.get("recv_ns"), int) and isinstance(e.get("tick_ts_ns"), int)]
+    return {"journal": len(entries), "received": received, "duplicate_acks": duplicates,
+            "journal_duplicates": sum(n - 1 for n in keys.values() if n > 1),
+            "tick_to_trade_us": spread(t2t)}
+
+
+def summarize(logs: Mapping[str, list[Record]], audit: list[Record], journal: list[Record]) -> dict[str, Any]:
+    """Every figure of the audit, as one JSON-ready document."""
+    procs = process_stats(audit)
+    counts = log_stats(logs)
+    programs = {}
+    for name in sorted(set(procs) | set(counts)):
+        programs[name] = {**procs.get(name, {}), **counts.get(name, {})}
+    bad, rejects = frame_stats(logs)
+    return {"programs": programs, "reconnects": reconnect_stats(logs), "bad_frames": bad, "rejects": rejects,
+            "orders": order_stats(journal, logs)}
+
+
+# --- the text report ----------------------------------------------------------
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    cells = [header] + [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+            for r in cells]
+
+
+def render(summary: Mapping[str, Any]) -> str:
+    """The human report of a ``summarize`` document."""
+    lines: list[str] = []
+    cols = ["starts", "unexpected_exits", "backoffs", "fatals", "downtime_s", "recoveries", "mttr_s", "state",
+            "crashes", "errors", "warnings"]
+    rows = [[name] + [p.get(c) for c in cols] for name, p in summary["programs"].items()]
+    lines += ["PROGRAMS", *_table(["program", *cols], rows), ""]
+    rows = [[prog, peer, r["stream"], r["count"], r["down_ms"]["p50"], r["down_ms"]["max"], r["total_ms"]]
+            for prog, peers in summary["reconnects"].items() for peer, r in peers.items()]
+    lines += ["RECONNECTS", *(_table(["program", "peer", "stream", "count", "down_ms_p50", "down_ms_max",
+                                      "down_ms_total"], rows) if rows else ["(none)"]), ""]
+    rows = [[prog, kind, n] for prog, kinds in summary["bad_frames"].items() for kind, n in kinds.items()]
+    lines += ["BAD FRAMES", *(_table(["program", "reason", "count"], rows) if rows else ["(none)"]), ""]
+    rows = [[prog, reason, n] for prog, reasons in summary["rejects"].items() for reason, n in reasons.items()]
+    lines += ["REJECTS", *(_table(["program", "reason", "count"], rows) if rows else ["(none)"]), ""]
+    o = summary["orders"]
+    lines += ["ORDERS", f"journal {o['journal']}  received {o['received']}  duplicate acks {o['duplicate_acks']}"
+              f"  journaled twice {o['journal_duplicates']}"]
+    t = o["tick_to_trade_us"]
+    if t:
+        lines.append("tick-to-trade us  " + "  ".join(f"{k} {_fmt(round(t[k], 1))}" for k in
+                                                      ("p50", "p99", "p99.9", "max")) + f"  (n={t['count']})")
+    return "\n".join(lines)
+
+
+# --- reading the files --------------------------------------------------------
+
+
+def rotations(path: Path) -> list[Path]:
+    """A log and its rotations, oldest first (``x.log.3``, ``x.log.2``, ``x.log.1``, ``x.log``)."""
+    olds = [p for p in path.parent.glob(path.name + ".*") if p.suffix[1:].isdigit()]
+    return sorted(olds, key=lambda p: -int(p.suffix[1:])) + ([path] if path.exists() else [])
+
+
+def read_records(path: Path) -> list[Record]:
+    """The JSON records of a log and its rotations, oldest first."""
+    out: list[Record] = []
+    for p in rotations(path):
+        with open(p, "rb") as f:
+            out += [r for r in map(parse_line, f) if r is not None]
+    return out
+
+
+def program_logs(logs_dir: Path) -> dict[str, Path]:
+    """Program name -> its JSON log, for every ``*.log`` (or only-rotated one) in the directory."""
+    names = {m[1] for p in logs_dir.glob("*.log*") if (m := re.fullmatch(r"(.+\.log)(\.\d+)?", p.name))}
+    return {n.removesuffix(".log"): logs_dir / n for n in sorted(names - NOT_PROGRAMS)}
+
+
+def load(logs_dir: Path, journal: Path | None = None) -> tuple[dict[str, list[Record]], list[Record], list[Record]]:
+    """Every program's records, the audit records and the journal entries of a logs directory."""
+    logs = {name: read_records(path) for name, path in program_logs(logs_dir).items()}
+    return logs, read_records(logs_dir / AUDIT_LOG), read_records(journal or logs_dir / JOURNAL)
+
+
+# --- following ----------------------------------------------------------------
+
+
+def clock(ts: str) -> str:
+    """HH:MM:SS.mmm of an ISO 8601 time (as written, UTC in our logs)."""
+    try:
+        return dt.datetime.fromisoformat(ts).strftime("%H:%M:%S.%f")[:12]
+    except ValueError:
+        return ts
+
+
+def human(source: str, rec: Record | None, raw: str = "") -> str | None:
+    """One line of the human view for a line of ``source`` (a program, or ``audit``); None skips it."""
+    if rec is None:  # stderr tracebacks and other plain text
+        return f"{source}: {raw.rstrip()}" if raw.strip() else None
+    t = clock(str(rec.get("ts", "")))
+    ev, level = rec.get("event"), str(rec.get("level", "info"))
+    if ev == "process_state":
+        note = " (not expected)" if rec.get("expected") is False else ""
+        pid = f" pid {rec['pid']}" if rec.get("pid") else ""
+        return f"{t} {rec.get('process')}: {rec.get('from_state')} -> {rec.get('to_state')}{note}{pid}"
+    if ev == "order_received" and rec.get("msg"):
+        return f"{t} {source}: {rec['msg']}"
+    if ev == "reconnected":
+        return (f"{t} {source}: reconnected to {rec.get('peer')} ({rec.get('stream')}) after {rec.get('down_ms')} ms,"
+                f" {rec.get('attempts')} attempt(s)")
+    if ev == "disconnected":
+        return f"{t} {source}: disconnected {rec.get('peer')} ({rec.get('stream')}): {rec.get('reason')}"
+    if level in ("warning", "error", "critical"):
+        skip = {"ts", "level", "event", "daemon", "pid"}
+        rest = " ".join(f"{k}={v}" for k, v in rec.items() if k not in skip)
+        return f"{t} {source} {level.upper()} {ev} {rest}".rstrip()
+    return None
+
+
+class Tail:
+    """One file followed by name across rotations and truncation: ``read()`` gives new whole lines."""
+
+    def __init__(self, path: Path, at_end: bool) -> None:
+        self.path = path
+        self.f: IO[bytes] | None = None
+        self.ino = -1
+        self.buf = b""
+        self._open(at_end)
+
+    def _open(self, at_end: bool) -> None:
+        try:
+            self.f = open(self.path, "rb")
+        except FileNotFoundError:
+            self.f = None
+            return
+        self.ino = os.fstat(self.f.fileno()).st_ino
+        if at_end:
+            self.f.seek(0, os.SEEK_END)
+
+    def _drain(self) -> list[bytes]:
+        assert self.f is not None
+        data = self.buf + self.f.read()
+        *lines, self.buf = data.split(b"\n")
+        return lines
+
+    def read(self) -> list[bytes]:
+        """New complete lines: the rest of a rotated file first, then the new one from its start."""
+        if self.f is None:
+            self._open(at_end=False)
+            if self.f is None:
+                return []
+        lines = self._drain()
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return lines  # renamed away; its successor is not there yet
+        if st.st_ino != self.ino:
+            self.f.close()
+            self.buf = b""
+            self._open(at_end=False)
+            if self.f is not None:
+                lines += self._drain()
+        elif st.st_size < self.f.tell():  # truncated in place
+            self.f.seek(0)
+            self.buf = b""
+            lines += self._drain()
+        return lines
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+
+
+def followed(logs_dir: Path) -> dict[str, Path]:
+    """Source name -> file, for every log worth following: programs' JSON logs and stderr, and the audit log."""
+    out = {name: path for name, path in program_logs(logs_dir).items()}
+    out.update({f"{p.stem} stderr": p for p in sorted(logs_dir.glob("*.err"))})
+    out["audit"] = logs_dir / AUDIT_LOG
+    return out
+
+
+def follow(logs_dir: Path, write: Callable[[str], None], stop: Callable[[], bool] = lambda: False,
+           interval: float = 0.2) -> None:
+    """Tail every log of the directory in the human view until ``stop()``; files that appear later
+    are read from their start."""
+    tails = {name: Tail(path, at_end=True) for name, path in followed(logs_dir).items()}
+    try:
+        while not stop():
+            for name, path in followed(logs_dir).items():
+                if name not in tails:
+                    tails[name] = Tail(path, at_end=False)
+            for name, tail in tails.items():
+                for line in tail.read():
+                    out = human(name, parse_line(line), line.decode("utf-8", "replace"))
+                    if out is not None:
+                        write(out)
+            time.sleep(interval)
+    finally:
+        for tail in tails.values():
+            tail.close()
+
+
+# --- the command --------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``stack-audit [--logs DIR] [--journal FILE] [--json | --follow]``."""
+    ap = argparse.ArgumentParser(prog="stack-audit", description="What happened to the stack, from its logs.")
+    ap.add_argument("--logs", type=Path, default=ROOT / "logs", help="the logs directory (default: the repo's logs/)")
+    ap.add_argument("--journal", type=Path, help="the order journal (default: LOGS/orders.jsonl)")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--json", action="store_true", help="one JSON document, for machines")
+    mode.add_argument("-f", "--follow", action="store_true", help="tail the human view of every log")
+    args = ap.parse_args(argv)
+    if not args.logs.is_dir():
+        print(f"stack-audit: {args.logs} is not a directory", file=sys.stderr)
+        return 2
+    try:
+        if args.follow:
+            follow(args.logs, lambda s: print(s, flush=True))
+            return 0
+        summary = {"logs": str(args.logs.resolve()), **summarize(*load(args.logs, args.journal))}
+        print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() if args.json else render(summary))
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:  # | head
+        sys.stderr.close()
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
