@@ -4,8 +4,8 @@ users do, and log every fault as one JSON line (daemon ``faults``).
 - ``kill`` a program with any signal, ``freeze`` it (SIGSTOP) for a while;
 - a fault ``proxy`` placed on a link with ``[links]``, with toxics like
   Toxiproxy's, changed at run time over a small control socket;
-- remove or corrupt the book segment, hide a file a daemon needs at start,
-  hold a port before a daemon binds it;
+- remove or corrupt the book segment, tear a journal's last line, hide a
+  file a daemon needs at start, hold a port before a daemon binds it;
 - ``MENU``: the faults a chaos soak may draw at random.
 
 Programs are found through supervisord's XML-RPC (``getProcessInfo``); a
@@ -203,6 +203,20 @@ def corrupt_segment(target: Any, mode: str = "torn", seed: int | None = None) ->
 
 
 # --- files and ports ----------------------------------------------------------
+
+
+def tear_last_line(path: str | os.PathLike[str], target: Any = None) -> int:
+    """Append the first half of the file's last line, no newline: what a
+    crash mid-write leaves. Returns the bytes appended."""
+    p = Path(path)
+    lines = p.read_bytes().splitlines()
+    if not lines:
+        raise FaultError(f"{p}: no line to tear")
+    torn = lines[-1][: max(1, len(lines[-1]) // 2)]
+    with open(p, "ab") as f:
+        f.write(torn)
+    emit("fault_injected", target, fault="torn_line", path=str(p), bytes=len(torn))
+    return len(torn)
 
 
 @contextlib.contextmanager
@@ -880,6 +894,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=("remove", "corrupt"))
     p.add_argument("--mode", choices=CORRUPT_MODES, default="torn")
     p.add_argument("--segment", help="segment name (default: book.segment of the config in force)")
+    p = sub.add_parser("tear", help="append half of a file's last line (a journal torn by a crash)")
+    p.add_argument("path")
     p = sub.add_parser("hold-port", help="hold a TCP port (bound, listening) until SECONDS pass or Ctrl-C")
     p.add_argument("port", type=int)
     p.add_argument("--host", default="127.0.0.1")
@@ -915,6 +931,8 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
             else:
                 corrupt_segment(name, a.mode)
+        elif a.cmd == "tear":
+            tear_last_line(a.path)
         elif a.cmd == "hold-port":
             with hold_port(a.port, a.host):
                 try:

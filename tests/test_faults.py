@@ -11,6 +11,7 @@ fresh start get their own.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import signal
 import subprocess
@@ -91,6 +92,11 @@ def book_lag_ms(stack: Stack) -> float:
         return max(((r.recv_ns - r.ts_ns) / 1e6 for r in recs if r is not None and r.seq), default=0.0)
     finally:
         seg.close()
+
+
+def _epoch(iso: str) -> float:
+    """A log record's ``ts`` as seconds since the epoch."""
+    return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def positions_through(journal: list[dict[str, Any]], client_id: str, order_id: str | None) -> dict[str, int]:
@@ -244,17 +250,34 @@ class TestProcesses:
         since = Since(stack)
         pids = stack.pids()
         gen0 = generation(stack)
+        frozen_at = time.time()
         faults.freeze(stack, "orderbook", FREEZE_S)
+        thawed_at = time.time()
         t = time.monotonic()
         stale = since.wait("strategy", "book_stale")[0]
         fresh = since.wait("strategy", "book_fresh")[0]
-        assert stale["ts"] < fresh["ts"]
+        assert frozen_at < _epoch(stale["ts"]) < _epoch(fresh["ts"])
         assert stale["age_ms"] is None or stale["age_ms"] > stack.cfg.book.stale_ms
         recovered("sigstop_orderbook", stack, t)
         assert stack.pids() == pids and generation(stack) == gen0  # the same writer resumed
-        # While stale, no order: none was sent between book_stale and book_fresh.
-        sent = [r for r in since.events("strategy", "order_sent") if stale["ts"] < r["ts"] < fresh["ts"]]
+        # The kill switch: no order once the heartbeat is older than stale_ms
+        # (+100 ms from decision to log line) until the writer is back.
+        switch = frozen_at + stack.cfg.book.stale_ms / 1000 + 0.1
+        sent = [r for r in since.events("strategy", "order_sent")
+                if switch < _epoch(r["ts"]) < thawed_at or _epoch(stale["ts"]) < _epoch(r["ts"]) < _epoch(fresh["ts"])]
         assert not sent, sent
+
+    def test_torn_journal_line_repaired_at_start(self, stack: Stack) -> None:
+        since = Since(stack)
+        path = stack.cfg.resolve(stack.cfg.ordermanager.journal)
+        with faults.frozen(stack, "ordermanager"):  # nothing more is written after the tear
+            torn = faults.tear_last_line(path, stack)
+            t = time.monotonic()
+            old = faults.kill(stack, "ordermanager", signal.SIGKILL)
+        repaired = since.wait("ordermanager", "journal_repaired")[0]
+        assert repaired["dropped_bytes"] == torn
+        recovered("torn_journal_kill9_ordermanager", stack, t, restarted={"ordermanager": old})
+        assert path.read_bytes().endswith(b"\n")
 
     def test_segment_removed_while_running(self, stack: Stack) -> None:
         since = Since(stack)
@@ -315,6 +338,21 @@ class TestProcesses:
         recovered("crash_loop_fatal_then_start", stack, t, restarted={"ordermanager": old})
         assert len(since.audit(process="ordermanager", to_state="BACKOFF")) >= 2
         stack.wait_for(lambda: since.audit(process="ordermanager", to_state="FATAL"), timeout=30)
+
+    def test_sigterm_strategy_by_the_fault_command(self, stack: Stack) -> None:
+        since = Since(stack)
+        old = stack.pids()["strategy"]
+        t = time.monotonic()
+        r = subprocess.run([str(config.ROOT / "deploy" / "fault"), "-c", str(stack.conf), "kill", "strategy",
+                            "-s", "TERM"], capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr.decode()
+        rec = json.loads(r.stdout.splitlines()[-1])
+        assert (rec["event"], rec["fault"], rec["program"], rec["pid"], rec["signal"]) == \
+            ("fault_injected", "kill", "strategy", old, "SIGTERM")
+        since.wait("strategy", "stopping", reason="SIGTERM")
+        recovered("sigterm_strategy", stack, t, restarted={"strategy": old})
+        ex = since.audit(process="strategy", to_state="EXITED", pid=old)
+        assert ex and ex[0]["expected"] is True, ex  # a clean stop, exit 0
 
     def test_supervisord_reload(self, stack: Stack) -> None:
         pids = stack.pids()
@@ -433,6 +471,23 @@ class TestLinks:
             assert not since.events(CLIENT[link], "bad_frame"), since.events(CLIENT[link], "bad_frame")
             if link == "orders":
                 assert not since.events("ordermanager", "bad_frame")
+
+    def test_fault_command_drives_a_live_proxy(self, linked: tuple[Stack, dict[str, Proxy]]) -> None:
+        s, proxies = linked
+        healed(s)
+        cmd = [str(config.ROOT / "deploy" / "fault"), "toxic", "--control", str(proxies["price"].control_port)]
+        r = subprocess.run([*cmd, "--set", "latency:ms=150,jitter=50"], capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr.decode()
+        try:
+            assert json.loads(r.stdout)["toxics"] == [toxic("latency", ms=150, jitter=50)]
+            s.wait_for(lambda: book_lag_ms(s) >= 100, timeout=20)
+        finally:
+            r = subprocess.run([*cmd, "--clear"], capture_output=True, timeout=60)
+        assert r.returncode == 0 and json.loads(r.stdout)["toxics"] == []
+        bad = subprocess.run([*cmd, "--set", "latency:nonsense=1"], capture_output=True, timeout=60)
+        assert bad.returncode != 0 and b"unknown parameter" in bad.stderr
+        t = time.monotonic()
+        recovered("toxic_latency_price_by_command", s, t)
 
     def symptom(self, s: Stack, p: Proxy, since: Since, link: str, kind: str, st0: dict[str, Any]) -> None:
         """Wait for what this toxic must do to the stack while it is on."""
