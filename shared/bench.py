@@ -495,8 +495,9 @@ def notes(res: dict[str, Any], plan: Plan, argv: Sequence[str]) -> str:
         " the same frames at the same rate.",
         f"- Ordermanager: 4 client processes keeping 256 orders each outstanding for {plan.om_s:g} s; every ack"
         " counted, then the journal. Reference: the same clients against a bare server acking without journal or log.",
-        "- RSS: VmRSS of each supervisord pid after the feed, after the ordermanager load and after tick-to-trade."
-        " Reference: a bare interpreter importing nothing (`python -S`).",
+        "- RSS: VmRSS of each supervisord pid after the feed, after the ordermanager load (its de-duplication index"
+        f" then holds {res['om']['acked']:,} orders) and after tick-to-trade. Reference: a bare interpreter importing"
+        " nothing (`python -S`).",
         f"- Recovery: {plan.kills} × `kill -9` each; gateway: until a tick made by the new gateway is in the book;"
         " ordermanager: until a fresh client's order is acked. Reference: until the port accepts again.",
         f"- Seed: {SEED_T2T_MEAN_US / 1000:g} ms average tick-to-trade, {SEED_TICKS_S} ticks/s,"
