@@ -145,9 +145,10 @@ def healed(stack: Any, restarted: Mapping[str, int] | None = None, acks: Iterabl
               lambda p=program, o=old: restart_problems(stack.audit(), p, o, pids[p]))
     _wait("audit knows every current pid", lambda: not _audit_gaps(stack, pids), deadline,
           lambda: _audit_gaps(stack, pids))
+    acked = [*strategy_acks(stack), *acks]  # before the journal: each ack follows its journal line
     journal = stack.journal()
     problems = journal_problems(journal, cid, cfg.strategy.qty)
-    problems += ack_problems(journal, [*strategy_acks(stack), *acks])
+    problems += ack_problems(journal, acked)
     if problems:
         raise NotHealed("invariants broken:\n  " + "\n  ".join(problems))
     return time.monotonic() - t0
