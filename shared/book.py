@@ -8,15 +8,18 @@ segment. NumPy views describe the same layout for readers that want arrays.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import struct
 import sys
 import time
 from multiprocessing import resource_tracker, shared_memory
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import _posixshmem
-import numpy as np
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAGIC = b"TSTKBOOK"
 VERSION = 1
@@ -25,23 +28,36 @@ RECORD_SIZE = 64
 SYMBOL_SIZE = 16
 READ_TRIES = 1000
 
-HEADER_DTYPE = np.dtype(
-    {
-        "names": ["magic", "version", "capacity", "nsymbols", "record_size", "symbols_offset",
-                  "records_offset", "created_ns", "writer_pid", "writer_heartbeat_ns", "generation"],
-        "formats": ["S8", "<u4", "<u4", "<u4", "<u4", "<u4", "<u4", "<u8", "<u8", "<u8", "<u8"],
-        "offsets": [0, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56],
-        "itemsize": HEADER_SIZE,
-    }
-)
-RECORD_DTYPE = np.dtype(
-    {
-        "names": ["seq", "price", "ts_ns", "recv_ns", "tick_seq", "updates"],
-        "formats": ["<u8", "<f8", "<u8", "<u8", "<u8", "<u8"],
-        "offsets": [0, 8, 16, 24, 32, 40],
-        "itemsize": RECORD_SIZE,
-    }
-)
+_HEADER_FIELDS = {  # name: (NumPy format, offset), contract §5
+    "magic": ("S8", 0), "version": ("<u4", 8), "capacity": ("<u4", 12), "nsymbols": ("<u4", 16),
+    "record_size": ("<u4", 20), "symbols_offset": ("<u4", 24), "records_offset": ("<u4", 28),
+    "created_ns": ("<u8", 32), "writer_pid": ("<u8", 40), "writer_heartbeat_ns": ("<u8", 48),
+    "generation": ("<u8", 56),
+}
+_RECORD_FIELDS = {
+    "seq": ("<u8", 0), "price": ("<f8", 8), "ts_ns": ("<u8", 16), "recv_ns": ("<u8", 24),
+    "tick_seq": ("<u8", 32), "updates": ("<u8", 40),
+}
+
+
+@functools.cache
+def _dtype(fields: str) -> np.dtype:
+    import numpy as np  # on first use only: the daemons' hot paths use struct, and numpy costs 13 MB a process
+
+    spec = _HEADER_FIELDS if fields == "header" else _RECORD_FIELDS
+    return np.dtype({"names": list(spec), "formats": [f for f, _ in spec.values()],
+                     "offsets": [o for _, o in spec.values()],
+                     "itemsize": HEADER_SIZE if fields == "header" else RECORD_SIZE})
+
+
+def __getattr__(name: str) -> Any:
+    """``HEADER_DTYPE`` and ``RECORD_DTYPE``: the layout as NumPy dtypes, made on first use."""
+    if name == "HEADER_DTYPE":
+        return _dtype("header")
+    if name == "RECORD_DTYPE":
+        return _dtype("record")
+    raise AttributeError(name)
+
 
 _U64 = struct.Struct("<Q")
 _FIELDS = struct.Struct("<dQQQQ")  # price, ts_ns, recv_ns, tick_seq, updates
@@ -231,11 +247,15 @@ class Segment:
 
     def header(self) -> np.ndarray:
         """A NumPy view of the header (drop it before ``close``)."""
-        return np.ndarray((), dtype=HEADER_DTYPE, buffer=self.buf, offset=0)
+        import numpy as np
+
+        return np.ndarray((), dtype=_dtype("header"), buffer=self.buf, offset=0)
 
     def records(self) -> np.ndarray:
         """A NumPy view of the records (unsynchronised; drop it before ``close``)."""
-        return np.ndarray((self.capacity,), dtype=RECORD_DTYPE, buffer=self.buf, offset=self.records_offset)
+        import numpy as np
+
+        return np.ndarray((self.capacity,), dtype=_dtype("record"), buffer=self.buf, offset=self.records_offset)
 
     @property
     def size(self) -> int:

@@ -9,7 +9,6 @@ subscriber whose unsent backlog passes the bound is dropped, never waited for.
 from __future__ import annotations
 
 import csv
-import math
 import random
 import time
 import uuid
@@ -17,26 +16,27 @@ from typing import Any, Callable
 
 from shared import config as config_mod
 from shared.net import Conn, Loop, Server
-from shared.protocol import PROTO, Heartbeat, Hello, News, Price, frame
+from shared.protocol import PROTO, Heartbeat, Hello, News, Price, append_frame, frame
 
 MAX_BATCH = 4096  # ticks made in one turn; a process frozen for long does not burst
 FAST_BATCH = 256  # ticks a turn at rate 0
 
 
 class RandomWalk:
-    """Geometric random walk over the symbols, round robin, seeded."""
+    """A random walk in cents over the symbols, round robin, seeded: each
+    tick moves one symbol's price a cent up or down."""
 
     def __init__(self, symbols: tuple[str, ...], rng: random.Random) -> None:
         self.symbols = symbols
         self.rng = rng
-        self.prices = [round(50 + 250 * rng.random(), 2) for _ in symbols]
+        self.cents = [rng.randrange(5_000, 30_000) for _ in symbols]
         self.i = -1
 
     def __call__(self) -> tuple[str, float]:
-        self.i = (self.i + 1) % len(self.symbols)
-        p = self.prices[self.i] * math.exp(self.rng.gauss(0.0, 0.001))
-        self.prices[self.i] = p
-        return self.symbols[self.i], round(p, 4)
+        self.i = i = (self.i + 1) % len(self.symbols)
+        c = self.cents[i] + (1 if self.rng.random() < 0.5 else -1)
+        self.cents[i] = c = max(c, 1)
+        return self.symbols[i], c / 100
 
 
 class Replay:
@@ -57,10 +57,10 @@ class Replay:
 class Stream:
     """One served stream: its subscribers, its seq and its schedule."""
 
-    def __init__(self, name: str, rate: float, make: Callable[[int], bytes]) -> None:
+    def __init__(self, name: str, rate: float, make: Callable[[int, bytearray], None]) -> None:
         self.name = name
         self.rate = rate
-        self.make = make  # seq -> the tick's frame
+        self.make = make  # (seq, batch): appends the tick's frame
         self.seq = 0
         self.subs: set[Conn] = set()
         self.t0 = time.monotonic()
@@ -107,16 +107,16 @@ class Gateway:
         self.next_housekeeping = 0.0
         self.dropped = 0
 
-    def _price(self, seq: int) -> bytes:
+    def _price(self, seq: int, out: bytearray) -> None:
         sym, px = self.walk()
         ts = time.time_ns()
         self.last[sym] = (seq, ts, px)
-        return frame(Price(seq=seq, ts_ns=ts, symbol=sym, price=px))
+        append_frame(out, Price(seq=seq, ts_ns=ts, symbol=sym, price=px))
 
-    def _news(self, seq: int) -> bytes:
+    def _news(self, seq: int, out: bytearray) -> None:
         r = self.news_rng
         sym = self.cfg.symbols[r.randrange(len(self.cfg.symbols))]
-        return frame(News(seq=seq, ts_ns=time.time_ns(), symbol=sym, sentiment=r.randint(0, 100)))
+        append_frame(out, News(seq=seq, ts_ns=time.time_ns(), symbol=sym, sentiment=r.randint(0, 100)))
 
     def _accept(self, st: Stream, sock: Any, peer: str) -> None:
         conn = Conn(self.loop, self.log, sock, peer, st.name, self._ignore, lambda c, r: self._closed(st, c, r))
@@ -147,7 +147,7 @@ class Gateway:
         make = st.make
         for _ in range(n):
             seq += 1
-            batch += make(seq)
+            make(seq, batch)
         st.seq = seq
         st.made += n
         for conn in list(st.subs):

@@ -166,6 +166,18 @@ def frame(msg: Message) -> bytes:
     return _LEN.pack(len(body)) + body
 
 
+def append_frame(buf: bytearray, msg: Message) -> None:
+    """Encode one message as a frame at the end of ``buf`` (no temporary bytes)."""
+    pos = len(buf)
+    buf += b"\0\0\0\0"
+    _encoder.encode_into(msg, buf, -1)
+    n = len(buf) - pos - HEADER
+    if n > MAX_FRAME:
+        del buf[pos:]
+        raise LocalProtocolError(f"frame of {n} bytes exceeds {MAX_FRAME}")
+    _LEN.pack_into(buf, pos, n)
+
+
 def frame_body(body: bytes) -> bytes:
     """Frame raw bytes as they are (tests and fault tools send bad bodies)."""
     return len(body).to_bytes(HEADER, "big") + body
