@@ -28,7 +28,7 @@ import pytest
 from shared import book, config, faults
 from shared.faults import Proxy, toxic
 from shared.harness import PROGRAMS, Stack
-from shared.invariants import healed, ticks
+from shared.invariants import NotHealed, healed, ticks
 from shared.peer import OrderClient
 from shared.protocol import Ack, LogonAck, Order, Reject, frame
 
@@ -123,11 +123,24 @@ def class_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s.stop()
 
 
+_UNHEALED: dict[int, str] = {}  # id(stack) -> why it did not heal: the class's later scenarios fail at once
+
+
 @pytest.fixture
 def stack(class_stack: Stack) -> Stack:
     """The class's stack, healed before the scenario starts."""
-    healed(class_stack)
-    return class_stack
+    return _healed_first(class_stack)
+
+
+def _healed_first(s: Stack) -> Stack:
+    if id(s) in _UNHEALED:
+        pytest.fail(f"an earlier scenario left the stack unhealed: {_UNHEALED[id(s)]}")
+    try:
+        healed(s)
+    except NotHealed as e:
+        _UNHEALED[id(s)] = str(e)
+        raise
+    return s
 
 
 # --- processes ----------------------------------------------------------------
@@ -261,8 +274,8 @@ class TestProcesses:
         recovered("sigstop_orderbook", stack, t)
         assert stack.pids() == pids and generation(stack) == gen0  # the same writer resumed
         # The kill switch: no order once the heartbeat is older than stale_ms
-        # (+100 ms from decision to log line) until the writer is back.
-        switch = frozen_at + stack.cfg.book.stale_ms / 1000 + 0.1
+        # (+200 ms from decision to log line) until the writer is back.
+        switch = frozen_at + stack.cfg.book.stale_ms / 1000 + 0.2
         sent = [r for r in since.events("strategy", "order_sent")
                 if switch < _epoch(r["ts"]) < thawed_at or _epoch(stale["ts"]) < _epoch(r["ts"]) < _epoch(fresh["ts"])]
         assert not sent, sent
@@ -457,7 +470,7 @@ class TestLinks:
     @pytest.mark.parametrize("link", LINKS)
     def test_toxic(self, linked: tuple[Stack, dict[str, Proxy]], link: str, kind: str) -> None:
         s, proxies = linked
-        healed(s)
+        _healed_first(s)
         p = proxies[link]
         since = Since(s)
         st0 = p.stats()
@@ -474,7 +487,7 @@ class TestLinks:
 
     def test_fault_command_drives_a_live_proxy(self, linked: tuple[Stack, dict[str, Proxy]]) -> None:
         s, proxies = linked
-        healed(s)
+        _healed_first(s)
         cmd = [str(config.ROOT / "deploy" / "fault"), "toxic", "--control", str(proxies["price"].control_port)]
         r = subprocess.run([*cmd, "--set", "latency:ms=150,jitter=50"], capture_output=True, timeout=60)
         assert r.returncode == 0, r.stderr.decode()
@@ -519,7 +532,8 @@ class TestLinks:
             moved = st["bytes_upstream"] + st["bytes_downstream"] - st0["bytes_upstream"] - st0["bytes_downstream"]
             assert st["writes"] - st0["writes"] >= moved / 6  # tiny writes indeed
         elif kind == "limit_data":
-            w(lambda: len(_disconnects(since, link, lambda r: r == "eof")) >= 2, timeout=30)
+            # FIN, or RST when the proxy closes with the client's bytes unread: cut either way.
+            w(lambda: len(_disconnects(since, link, lambda r: r != "heartbeat_timeout")) >= 2, timeout=30)
             assert p.stats()["cuts"] >= st0["cuts"] + 2
         elif kind == "garbage":
             if link == "orders":
