@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -541,3 +542,101 @@ class TestLinks:
                   timeout=30)
             else:
                 w(lambda: since.events(CLIENT[link], "bad_frame"), timeout=30)
+
+
+# --- the fault proxy itself ---------------------------------------------------
+
+
+@pytest.fixture
+def echo() -> Iterator[tuple[str, int]]:
+    """A threaded TCP echo server."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=_echo, args=(c,), daemon=True).start()
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    try:
+        yield srv.getsockname()[:2]
+    finally:
+        stop.set()
+        th.join()
+        srv.close()
+
+
+def _echo(c: socket.socket) -> None:
+    with c:
+        try:
+            while data := c.recv(1 << 16):
+                c.sendall(data)
+        except OSError:
+            pass
+
+
+def _roundtrip(port: int, data: bytes, timeout: float = 5.0) -> tuple[bytes, float, str]:
+    """Send ``data`` through the proxy to the echo server: what came back, how long, how it ended."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as c:
+        t = time.monotonic()
+        c.sendall(data)
+        got, end = b"", "complete"
+        try:
+            while len(got) < len(data):
+                chunk = c.recv(1 << 16)
+                if not chunk:
+                    end = "eof"
+                    break
+                got += chunk
+        except TimeoutError:
+            end = "timeout"
+        except ConnectionResetError:
+            end = "reset"
+        return got, time.monotonic() - t, end
+
+
+def test_proxy_toxics_on_an_echo_server(echo: tuple[str, int], tmp_path: Path) -> None:
+    data = bytes(range(256)) * 8
+    with Proxy(echo, name="echo", log_path=tmp_path / "proxy.log") as p:
+        assert _roundtrip(p.port, data)[0] == data
+        with p.toxics(toxic("latency", ms=200, jitter=20)):
+            got, took, _ = _roundtrip(p.port, data)
+            assert got == data and took >= 0.36  # both ways, at least 180 ms each
+        with p.toxics(toxic("bandwidth", rate=4096)):
+            got, took, _ = _roundtrip(p.port, data)  # 2 KB at 4 KB/s: the last byte is 0.5 s behind the first
+            assert got == data and took >= 0.45
+        w0 = p.stats()["writes"]
+        with p.toxics(toxic("slicer", average_size=2, size_variation=1)):
+            assert _roundtrip(p.port, data)[0] == data
+        assert p.stats()["writes"] - w0 >= 2 * len(data) / 3  # both ways, 1..3 bytes a write
+        with p.toxics(toxic("limit_data", bytes=1000, stream="downstream")):
+            got, _, end = _roundtrip(p.port, data)
+            assert (got, end) == (data[:1000], "eof")
+        with p.toxics(toxic("garbage", probability=1.0, size=5, stream="upstream")):
+            got, _, _ = _roundtrip(p.port, b"x" * 10, timeout=1.0)
+            assert len(got) == 15 and got.count(b"x") >= 10
+        with p.toxics(toxic("reset_peer", timeout=100)):
+            with socket.create_connection(("127.0.0.1", p.port), timeout=5) as c:
+                with pytest.raises(ConnectionResetError):
+                    c.recv(10)
+        with socket.create_connection(("127.0.0.1", p.port), timeout=5) as c:
+            p.set(toxic("blackhole"))
+            c.sendall(b"held")
+            c.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                c.recv(10)
+            p.clear()  # held bytes go through, in order
+            c.settimeout(5)
+            assert c.recv(10) == b"held"
+        st = p.stats()
+        assert st["held"] == 4 and st["resets"] >= 1 and st["cuts"] >= 1 and st["garbage"] >= 1
+    log = [json.loads(x) for x in (tmp_path / "proxy.log").read_text().splitlines()]
+    kinds = [r["type"] for r in log if r["event"] == "fault_injected"]
+    assert kinds == ["latency", "bandwidth", "slicer", "limit_data", "garbage", "reset_peer", "blackhole"]
+    assert all(r["daemon"] == "faults" and r["link"] == "echo" for r in log if r["event"] == "fault_injected")
