@@ -69,6 +69,7 @@ class Conn:
         self.log = log
         self.on_message, self.on_close = on_message, on_close
         self.decoder = FrameDecoder(decoder)
+        self.recv_size = RECV_SIZE  # an owner that must stay fair between its peers reads less per turn
         self.out = bytearray()
         self.last_rx = self.last_tx = time.monotonic()
         self.closed = False
@@ -83,7 +84,7 @@ class Conn:
 
     def _read(self) -> None:
         try:
-            data = self.sock.recv(RECV_SIZE)
+            data = self.sock.recv(self.recv_size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
