@@ -569,3 +569,38 @@ def test_slowloris_300_idle_and_half_sent_connections(make_stack: Callable[..., 
     stack.wait_for(lambda: len(reasons()) == len(peers), timeout=20)
     assert set(reasons().values()) == {"logon_timeout"}
     assert [e["order_id"] for e in stack.journal()] == good.acked
+
+
+def test_pipelined_flood_of_bad_frames(make_stack: Callable[..., Stack]) -> None:
+    """A logged-on client that pipelines 20,000 bad frames in one write gets every reject, in order,
+    while the good client waits at most 250 ms per ack; one that floods and never reads is dropped
+    (``slow_consumer``) before the ordermanager's memory grows by 50 MB."""
+    stack = make_stack(QUIET)
+    listening(stack)
+    port = stack.cfg.ordermanager.port
+    pid = stack.pids()["ordermanager"]
+    with GoodClient(port, stack.token) as good:
+        before = rss_kb(pid)
+        with OrderClient("127.0.0.1", port, timeout=30) as reader:
+            reader.logon("flood-reader", stack.token)
+            reader.send_raw(frame_body(b"x") * 20_000)
+            for n in range(20_000):
+                assert recv_reject(reader).reason == "bad_message"
+                if n % 1000 == 0:  # a client that goes quiet for 3 heartbeats is dropped
+                    reader.send(Heartbeat(ts_ns=time.time_ns()))
+        good.check()
+        with OrderClient("127.0.0.1", port, timeout=30) as mute:
+            mute.logon("flood-mute", stack.token)
+            mute.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            chunk = frame_body(b"x") * 20_000
+            with pytest.raises(OSError):  # reset or broken pipe, once the ordermanager has dropped it
+                for _ in range(400):  # 40 MB of bad frames: 900 MB of rejects, unbounded
+                    mute.send_raw(chunk)
+        peak = rss_kb(pid)
+        good.check()
+    assert good.max_wait <= ACK_BOUND_S, f"the good client waited {good.max_wait * 1000:.0f} ms for an ack"
+    assert (peak - before) < 50 * 1024, f"RSS grew {(peak - before) / 1024:.1f} MB"
+    assert stack.pids()["ordermanager"] == pid, "the ordermanager restarted"
+    stack.wait_for(lambda: [r for r in stack.events("ordermanager", "disconnected")
+                            if r.get("client_id") == "flood-mute" and r["reason"] == "slow_consumer"], timeout=20)
+    assert [e["order_id"] for e in stack.journal()] == good.acked
