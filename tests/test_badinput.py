@@ -1,7 +1,8 @@
-"""Bad input (issue 3, item 6): random and mutated frames, byte by byte to the
-decoder and over many connections to a live ordermanager, while a
+"""Bad input (issue 3, item 6): random and mutated frames, cut anywhere, to the
+decoder, and over many connections to a live ordermanager while a
 well-behaved client keeps trading; then a slowloris of idle and half-sent
-connections.
+connections, and a pipelined flood from a client that reads, and one that
+does not.
 
 The frames come from hypothesis strategies, derandomized and bounded, so a
 run is reproducible. What the ordermanager must answer to each frame is
@@ -206,7 +207,7 @@ def check_item(item: Any) -> None:
         assert decode(frame(item)[HEADER:]) == item
 
 
-Case = tuple[list[bytes], "bytes | None", list[int]]  # frames, a bad length after them (or not), chunk sizes
+Case = tuple[list[bytes], bytes | None, list[int]]  # frames, a bad length after them (or not), chunk sizes
 
 
 def variants(body: bytes, rnd: random.Random) -> list[bytes]:
