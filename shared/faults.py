@@ -32,7 +32,7 @@ import xmlrpc.client
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -55,6 +55,13 @@ def _logger() -> Any:
     global _log
     if _log is None:
         _log = logs.configure(DAEMON)
+    return _log
+
+
+def configure_log(stream: IO[bytes] | None = None) -> Any:
+    """Send the fault records to ``stream`` (default stdout); returns the logger."""
+    global _log
+    _log = logs.configure(DAEMON, stream)
     return _log
 
 
@@ -95,6 +102,9 @@ def pid_of(target: Any, program: str) -> int:
         info = _rpc(target).getProcessInfo(program)
     except xmlrpc.client.Fault as e:
         raise FaultError(f"{program}: {e.faultString}") from None
+    except OSError as e:
+        where = getattr(target, "serverurl", target)
+        raise FaultError(f"supervisord at {where} is not reachable: {e.strerror or e}") from None
     if not info["pid"]:
         raise FaultError(f"{program} has no process ({info['statename']})")
     return int(info["pid"])
