@@ -47,7 +47,9 @@ class Journal:
         self.positions: dict[str, dict[str, int]] = {}  # client_id -> symbol -> signed qty
         self.last_id: dict[str, str] = {}  # client_id -> its last journaled order_id
         self.last_no = 0
-        self.staged: list[bytes] = []
+        self.staged = 0  # orders in staged_bytes, not yet written
+        self.staged_bytes = bytearray()
+        self._encoder = msgspec.json.Encoder()
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self._load()
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -88,20 +90,24 @@ class Journal:
         pos = self.positions.setdefault(e.client_id, {})
         pos[e.symbol] = pos.get(e.symbol, 0) + (e.qty if e.side == "BUY" else -e.qty)
         self.last_id[e.client_id] = e.order_id
-        self.last_no = max(self.last_no, e.order_no)
+        if e.order_no > self.last_no:
+            self.last_no = e.order_no
 
     def stage(self, e: Entry) -> None:
         """Accept an order: indexed now, written at the next ``commit``."""
         self._index(e)
-        self.staged.append(msgspec.json.encode(e) + b"\n")
+        self._encoder.encode_into(e, self.staged_bytes, -1)
+        self.staged_bytes += b"\n"
+        self.staged += 1
 
     def commit(self) -> int:
         """Write the staged lines in one write (then fsync, by policy)."""
         if not self.staged:
             return 0
-        data = b"".join(self.staged)
-        n = len(self.staged)
-        self.staged.clear()
+        data = bytes(self.staged_bytes)
+        n = self.staged
+        self.staged_bytes.clear()
+        self.staged = 0
         view = memoryview(data)
         while view:
             view = view[os.write(self.fd, view) :]
@@ -147,6 +153,7 @@ class OrderManager:
         self.session = uuid.uuid4().hex[:16]
         self.hb_s = om.heartbeat_ms / 1000
         self.symbols = set(cfg.symbols)
+        self.max_qty = om.max_qty
         self.loop = Loop()
         self.server = Server(self.loop, log, om.host, om.port, "orders", self._accept)
         self.conns: set[Conn] = set()
@@ -228,16 +235,16 @@ class OrderManager:
         if o.symbol not in self.symbols:
             self._reject(conn, o.order_id, "risk", f"unknown symbol {o.symbol!r}")
             return
-        if o.qty > self.cfg.ordermanager.max_qty:
-            self._reject(conn, o.order_id, "risk", f"qty {o.qty} over the limit {self.cfg.ordermanager.max_qty}")
+        if o.qty > self.max_qty:
+            self._reject(conn, o.order_id, "risk", f"qty {o.qty} over the limit {self.max_qty}")
             return
         no = self.journal.last_no + 1
         self.journal.stage(Entry(no, o.order_id, cid, o.symbol, o.side, o.qty, o.price, o.ts_ns, o.tick_ts_ns,
                                  recv_ns))
         self.acks.append((conn, frame(Ack(order_id=o.order_id, order_no=no, duplicate=False))))
-        self.log.info("order_received", order_no=no, order_id=o.order_id, client_id=cid, symbol=o.symbol,
-                      side=o.side, qty=o.qty, price=o.price, latency_us=(recv_ns - o.tick_ts_ns) // 1000,
-                      msg=f"Received Order {no}: {o.side} {o.qty} {o.symbol} @ {o.price:.2f}")
+        logs.hot("order_received", order_no=no, order_id=o.order_id, client_id=cid, symbol=o.symbol,
+                 side=o.side, qty=o.qty, price=o.price, latency_us=(recv_ns - o.tick_ts_ns) // 1000,
+                 msg=f"Received Order {no}: {o.side} {o.qty} {o.symbol} @ {o.price:.2f}")
 
     def _commit(self) -> None:
         """Group commit: journal first, then the log lines, then the acks."""
