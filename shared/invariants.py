@@ -62,6 +62,31 @@ def ack_problems(journal: list[dict[str, Any]], acks: Iterable[Ack]) -> list[str
 _GONE = ("EXITED", "STOPPING", "STOPPED", "BACKOFF", "FATAL")  # a pid on its way out
 
 
+def strategy_problems(records: list[dict[str, Any]]) -> list[str]:
+    """From the strategy's log alone: no order_sent while its order link is
+    down (before ``logged_on``, after ``disconnected``) or while the book is
+    stale (from ``book_stale`` to ``book_fresh``; stale until the first
+    ``book_fresh`` of a process)."""
+    problems = []
+    pid, up, stale = None, False, True
+    for r in records:
+        if r.get("pid") != pid:
+            pid, up, stale = r.get("pid"), False, True
+        ev = r.get("event")
+        if ev == "logged_on":
+            up = True
+        elif ev == "disconnected" and r.get("stream") == "orders":
+            up = False
+        elif ev == "book_stale":
+            stale = True
+        elif ev == "book_fresh":
+            stale = False
+        elif ev == "order_sent" and (not up or stale):
+            problems.append(f"strategy pid {pid} sent {r.get('order_id')} at {r.get('ts')} while "
+                            + ("its order link was down" if not up else "the book was stale"))
+    return problems
+
+
 def restart_problems(audit: list[dict[str, Any]], program: str, old_pid: int, new_pid: int) -> list[str]:
     """The audit log shows ``old_pid`` leaving and ``new_pid`` reaching RUNNING."""
     mine = [r for r in audit if r.get("process") == program]
@@ -121,7 +146,8 @@ def healed(stack: Any, restarted: Mapping[str, int] | None = None, acks: Iterabl
     strategy order journaled; the audit log showing each restart (``restarted``:
     program -> pid before the fault) and the current pid of every program; the
     journal's invariants; every acked order (the strategy's ``order_acked``
-    log lines and ``acks``) journaled exactly once.
+    log lines and ``acks``) journaled exactly once; no order from the
+    strategy while its order link was down or the book stale.
     """
     t0 = time.monotonic()
     deadline = t0 + timeout
@@ -149,6 +175,7 @@ def healed(stack: Any, restarted: Mapping[str, int] | None = None, acks: Iterabl
     journal = stack.journal()
     problems = journal_problems(journal, cid, cfg.strategy.qty)
     problems += ack_problems(journal, acked)
+    problems += strategy_problems(stack.log("strategy"))
     if problems:
         raise NotHealed("invariants broken:\n  " + "\n  ".join(problems))
     return time.monotonic() - t0

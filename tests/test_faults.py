@@ -160,6 +160,8 @@ class TestProcesses:
         recovered(f"kill9_{program}", stack, t, restarted={program: old})
         ex = since.audit(process=program, to_state="EXITED", pid=old)
         assert ex and ex[0]["expected"] is False, ex
+        for daemon in ("orderbook", "strategy"):  # a new session, or a resync: never a gap
+            assert not since.events(daemon, "gap_detected"), since.events(daemon, "gap_detected")
         if program == "gateway":
             for daemon, stream in (("orderbook", "price"), ("strategy", "news")):
                 since.wait(daemon, "reconnected", stream=stream)
@@ -258,6 +260,8 @@ class TestProcesses:
         if program == "ordermanager":
             since.wait("strategy", "logged_on")
         recovered(f"sigstop_{program}", stack, t)
+        for daemon in ("orderbook", "strategy"):
+            assert not since.events(daemon, "gap_detected"), since.events(daemon, "gap_detected")
         assert stack.pids() == pids and pids[program] == pid  # thawed, not restarted
 
     def test_sigstop_orderbook_makes_book_stale(self, stack: Stack) -> None:
@@ -480,6 +484,8 @@ class TestLinks:
             self.symptom(s, p, since, link, kind, st0)
         t = time.monotonic()
         recovered(f"toxic_{kind}_{link}", s, t)
+        if kind != "garbage" and link != "orders":  # nothing lost inside a connection; resync from the snapshot
+            assert not since.events(CLIENT[link], "gap_detected"), since.events(CLIENT[link], "gap_detected")
         if kind in ("slicer", "limit_data", "latency", "bandwidth"):
             # Cut, sliced or slowed, never garbled: the decoders kept in step.
             assert not since.events(CLIENT[link], "bad_frame"), since.events(CLIENT[link], "bad_frame")
