@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import math
 import os
 import re
 import sys
@@ -29,6 +28,7 @@ from typing import IO, Any
 import orjson
 
 from shared.config import ROOT
+from shared.stats import percentile
 
 Record = dict[str, Any]
 
@@ -55,12 +55,6 @@ def parse_ts(ts: str) -> float:
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.UTC)
     return t.timestamp()
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    """The nearest-rank ``q``-th percentile of an ascending, non-empty list."""
-    k = max(0, math.ceil(round(q * len(ordered) / 100, 9)) - 1)  # round: 99.9% of 2000 is 1998, not 1998.0000001
-    return ordered[min(k, len(ordered) - 1)]
 
 
 def spread(values: Iterable[float]) -> dict[str, float] | None:

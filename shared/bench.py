@@ -31,6 +31,7 @@ from shared.config import ROOT
 from shared.harness import Stack, dump_toml
 from shared.peer import OrderClient
 from shared.protocol import Ack, Reject
+from shared.stats import percentile
 
 # What the seed system reported (seeds/: performance report, README).
 SEED_T2T_MEAN_US = 3200.0
@@ -78,18 +79,11 @@ def say(msg: str) -> None:
 # --- statistics ---------------------------------------------------------------
 
 
-def pct(xs: Sequence[float], q: float) -> float:
-    """The nearest-rank ``q`` quantile (0 < q <= 1) of ``xs``; NaN when empty."""
-    if not xs:
-        return math.nan
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
-
-
 def stats_us(ns: Sequence[int]) -> dict[str, float]:
     """p50, p99, p99.9, max and mean in microseconds, and the count."""
     us = [x / 1e3 for x in ns]
-    return {"p50": pct(us, 0.5), "p99": pct(us, 0.99), "p99.9": pct(us, 0.999), "max": max(us, default=math.nan),
+    return {"p50": percentile(us, 50), "p99": percentile(us, 99), "p99.9": percentile(us, 99.9),
+            "max": max(us, default=math.nan),
             "mean": sum(us) / len(us) if us else math.nan, "n": len(us)}
 
 
@@ -460,9 +454,10 @@ def rows(res: dict[str, Any]) -> list[Row]:
     for key, what, ref in (("rec_gw", "kill -9 gateway → book fresh", "port listening"),
                            ("rec_om", "kill -9 ordermanager → acks flow", "port listening")):
         got, listen = [r[0] for r in res[key]], [r[1] for r in res[key]]
-        for q, qq in (("p50", 0.5), ("p99", 0.99)):
-            out.append((f"recovery {what} {q} (ms, {len(got)} runs)", fmt(pct(got, qq), 1),
-                        f"{fmt(pct(listen, qq), 1)} {ref}", ratio(pct(got, qq), pct(listen, qq)), "", "", ""))
+        for q, qq in (("p50", 50), ("p99", 99)):
+            out.append((f"recovery {what} {q} (ms, {len(got)} runs)", fmt(percentile(got, qq), 1),
+                        f"{fmt(percentile(listen, qq), 1)} {ref}",
+                        ratio(percentile(got, qq), percentile(listen, qq)), "", "", ""))
     return out
 
 

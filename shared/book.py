@@ -7,6 +7,7 @@ segment. NumPy views describe the same layout for readers that want arrays.
 
 from __future__ import annotations
 
+import _posixshmem
 import fcntl
 import functools
 import os
@@ -15,8 +16,6 @@ import sys
 import time
 from multiprocessing import resource_tracker, shared_memory
 from typing import TYPE_CHECKING, Any, NamedTuple
-
-import _posixshmem
 
 if TYPE_CHECKING:
     import numpy as np
@@ -196,7 +195,8 @@ class Segment:
         if magic != MAGIC:
             raise BookError(f"segment {name}: bad magic {magic!r} (not a tradestack book, or not finished)")
         if version != VERSION or rsize != RECORD_SIZE or soff != HEADER_SIZE:
-            raise BookError(f"segment {name}: version {version}, record_size {rsize}; expected {VERSION}, {RECORD_SIZE}")
+            raise BookError(f"segment {name}: version {version}, record_size {rsize}; "
+                            f"expected {VERSION}, {RECORD_SIZE}")
         if nsym > capacity or layout(capacity)[0] != roff or len(self.buf) < layout(capacity)[1]:
             raise BookError(f"segment {name}: inconsistent header (capacity {capacity}, nsymbols {nsym})")
         self.capacity = capacity

@@ -12,7 +12,8 @@ import csv
 import random
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from shared import config as config_mod
 from shared.net import Conn, Loop, Server

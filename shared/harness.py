@@ -223,7 +223,8 @@ class Stack:
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Every JSON object line of a file and its rotations (oldest first); others skipped."""
     out: list[dict[str, Any]] = []
-    files = sorted(path.parent.glob(path.name + ".*"), key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
+    files = sorted(path.parent.glob(path.name + ".*"),
+                   key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
     for p in [*files, path]:
         if not p.exists() or not (p == path or p.suffix[1:].isdigit()):
             continue

@@ -12,7 +12,8 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from shared import config as config_mod
 from shared import logs

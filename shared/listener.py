@@ -28,7 +28,7 @@ def record(headers: dict[str, str], payload: str) -> dict[str, Any] | None:
     to_state = name[len(PREFIX) :]
     pid = fields.get("pid")
     return {
-        "ts": dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z"),
+        "ts": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
         "event": "process_state",
         "process": fields.get("processname"),
         "group": fields.get("groupname"),

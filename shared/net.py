@@ -8,7 +8,8 @@ import random
 import selectors
 import socket
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from shared.protocol import BadFrame, BadMessage, FrameDecoder
 

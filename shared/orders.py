@@ -19,8 +19,7 @@ import msgspec
 from shared import config as config_mod
 from shared import logs
 from shared.net import Conn, Loop, Server
-from shared.protocol import (PROTO, Ack, BadFrame, BadMessage, Heartbeat, Logon, LogonAck, Message, Order,
-                             Reject, frame)
+from shared.protocol import PROTO, Ack, BadFrame, BadMessage, Heartbeat, Logon, LogonAck, Message, Order, Reject, frame
 
 
 class Entry(msgspec.Struct, frozen=True):

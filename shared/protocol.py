@@ -8,7 +8,7 @@ messages back, as h11 does.
 from __future__ import annotations
 
 import struct
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -116,7 +116,7 @@ class Reject(_Msg, tag="reject"):
     detail: str
 
 
-Message = Union[Hello, Price, News, Heartbeat, Logon, Order, LogonAck, Ack, Reject]
+Message = Hello | Price | News | Heartbeat | Logon | Order | LogonAck | Ack | Reject
 
 
 class ProtocolError(Exception):

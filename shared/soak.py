@@ -24,17 +24,12 @@ from typing import Any
 from shared import faults, logs
 from shared.harness import Stack
 from shared.invariants import NotHealed, healed, journal_problems, strategy_acks
+from shared.stats import percentile
 
 HB_MS = 100
 OVERRIDES: dict[str, Any] = {"gateway": {"news_rate": 20, "heartbeat_ms": HB_MS},
                              "ordermanager": {"heartbeat_ms": HB_MS}}
 LINKS = ("price", "news", "orders")
-
-
-def percentile(xs: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
 
 
 def order_counts(stack: Stack) -> dict[str, int]:

@@ -17,8 +17,20 @@ import msgspec
 from shared import config as config_mod
 from shared.book import BookError, Segment
 from shared.net import Client, Conn, Loop, backoff
-from shared.protocol import (PROTO, Ack, BadMessage, Heartbeat, Hello, Logon, LogonAck, Message, News,
-                             Order, Reject, frame)
+from shared.protocol import (
+    PROTO,
+    Ack,
+    BadMessage,
+    Heartbeat,
+    Hello,
+    Logon,
+    LogonAck,
+    Message,
+    News,
+    Order,
+    Reject,
+    frame,
+)
 from shared.rule import RuleParams, decide
 
 _news_decoder = msgspec.json.Decoder(News | Hello | Heartbeat)

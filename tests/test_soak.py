@@ -7,13 +7,6 @@ from pathlib import Path
 from shared import soak
 
 
-def test_percentile_nearest_rank() -> None:
-    xs = [float(x) for x in range(1, 101)]
-    assert soak.percentile(xs, 50) == 50.0
-    assert soak.percentile(xs, 99) == 99.0
-    assert soak.percentile([3.0], 99) == 3.0
-
-
 def test_soak_30s_heals_every_fault_and_loses_no_order(tmp_path: Path) -> None:
     report = soak.run(30, seed=7, workdir=tmp_path)
     text = soak.table(report)
