@@ -189,7 +189,8 @@ class Segment:
     def __init__(self, name: str, shm: shared_memory.SharedMemory) -> None:
         self.name = name
         self._shm = shm
-        self.buf = shm.buf
+        assert shm.buf is not None
+        self.buf: memoryview = shm.buf
         self.inode = os.fstat(shm._fd).st_ino  # type: ignore[attr-defined]
         magic, version, capacity, nsym, rsize, soff, roff = _HDR.unpack_from(self.buf, 0)
         if magic != MAGIC:
@@ -216,6 +217,7 @@ class Segment:
         roff, size = layout(len(symbols))
         shm = _open(name, True, size)
         buf = shm.buf
+        assert buf is not None
         _HDR.pack_into(buf, 0, b"\0" * 8, VERSION, len(symbols), len(symbols), RECORD_SIZE, HEADER_SIZE, roff)
         _U64.pack_into(buf, _OFF_CREATED, time.time_ns())
         for i, s in enumerate(symbols):

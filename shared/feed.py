@@ -9,11 +9,12 @@ subscriber whose unsent backlog passes the bound is dropped, never waited for.
 from __future__ import annotations
 
 import csv
+import functools
 import random
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from shared import config as config_mod
 from shared.net import Conn, Loop, Server
@@ -58,7 +59,7 @@ class Replay:
 class Stream:
     """One served stream: its subscribers, its seq and its schedule."""
 
-    def __init__(self, name: str, rate: float, make: Callable[[int, bytearray], None]) -> None:
+    def __init__(self, name: Literal["price", "news"], rate: float, make: Callable[[int, bytearray], None]) -> None:
         self.name = name
         self.rate = rate
         self.make = make  # (seq, batch): appends the tick's frame
@@ -104,7 +105,7 @@ class Gateway:
         self.price = Stream("price", g.price_rate, self._price)
         self.news = Stream("news", g.news_rate, self._news)
         for st, port in ((self.price, g.price_port), (self.news, g.news_port)):
-            st.server = Server(self.loop, log, g.host, port, st.name, lambda s, p, st=st: self._accept(st, s, p))
+            st.server = Server(self.loop, log, g.host, port, st.name, functools.partial(self._accept, st))
         self.next_housekeeping = 0.0
         self.dropped = 0
 

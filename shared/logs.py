@@ -12,6 +12,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import MutableMapping
 from typing import IO, Any
 
 import orjson
@@ -51,7 +52,7 @@ _second = -1
 _prefix = ""
 
 
-def _stamp(_: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _stamp(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """``ts`` (ISO 8601 UTC, formatted once a second but for the microseconds),
     ``level``, and the traceback of ``log.exception``: one processor, as this
     runs for every record."""
@@ -69,7 +70,7 @@ def _stamp(_: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     return event_dict
 
 
-def _render(_: Any, __: str, event_dict: dict[str, Any]) -> bytes:
+def _render(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> bytes:
     return orjson.dumps(event_dict, default=str)
 
 

@@ -251,11 +251,11 @@ class OrderManager:
         if self.acks:
             logs.flush()
             out: dict[Conn, bytearray] = {}
-            for conn, data in self.acks:
-                out.setdefault(conn, bytearray()).extend(data)
+            for conn, ack in self.acks:
+                out.setdefault(conn, bytearray()).extend(ack)
             self.acks.clear()
-            for conn, data in out.items():
-                conn.write(data)
+            for conn, acks in out.items():
+                conn.write(acks)
 
     def step(self) -> None:
         # Read first, then judge silence: after a long deschedule the peers'

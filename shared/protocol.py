@@ -28,7 +28,7 @@ class _Msg(msgspec.Struct, tag_field="type", omit_defaults=True, frozen=True):
     """Base of every message: the tag is the JSON "type"."""
 
 
-class Hello(_Msg, tag="hello"):
+class Hello(_Msg, tag="hello", frozen=True):
     """First frame of a gateway stream."""
 
     proto: int
@@ -39,7 +39,7 @@ class Hello(_Msg, tag="hello"):
     next_seq: PositiveInt
 
 
-class Price(_Msg, tag="price"):
+class Price(_Msg, tag="price", frozen=True):
     """A price tick; ``snapshot`` marks the catch-up frames after hello."""
 
     seq: PositiveInt
@@ -49,7 +49,7 @@ class Price(_Msg, tag="price"):
     snapshot: bool = False
 
 
-class News(_Msg, tag="news"):
+class News(_Msg, tag="news", frozen=True):
     """A news tick with a sentiment 0..100 (50 neutral)."""
 
     seq: PositiveInt
@@ -58,14 +58,14 @@ class News(_Msg, tag="news"):
     sentiment: Annotated[int, msgspec.Meta(ge=0, le=100)]
 
 
-class Heartbeat(_Msg, tag="heartbeat"):
+class Heartbeat(_Msg, tag="heartbeat", frozen=True):
     """Liveness; the gateway adds ``seq``, the last data seq it sent."""
 
     ts_ns: Seq
     seq: Seq | None = None
 
 
-class Logon(_Msg, tag="logon"):
+class Logon(_Msg, tag="logon", frozen=True):
     """First frame of an order-entry link."""
 
     proto: int
@@ -73,7 +73,7 @@ class Logon(_Msg, tag="logon"):
     token: str
 
 
-class Order(_Msg, tag="order"):
+class Order(_Msg, tag="order", frozen=True):
     """An order; ``order_id`` is unique per client and stable across resends."""
 
     order_id: OrderId
@@ -91,7 +91,7 @@ class Order(_Msg, tag="order"):
             raise ValueError("ts_ns and tick_ts_ns must fit in 64 bits")
 
 
-class LogonAck(_Msg, tag="logon_ack"):
+class LogonAck(_Msg, tag="logon_ack", frozen=True):
     """The ordermanager's answer to a good logon."""
 
     session: str
@@ -100,7 +100,7 @@ class LogonAck(_Msg, tag="logon_ack"):
     last_order_id: str | None
 
 
-class Ack(_Msg, tag="ack"):
+class Ack(_Msg, tag="ack", frozen=True):
     """An order is journaled; ``duplicate`` when it was already."""
 
     order_id: str
@@ -108,7 +108,7 @@ class Ack(_Msg, tag="ack"):
     duplicate: bool
 
 
-class Reject(_Msg, tag="reject"):
+class Reject(_Msg, tag="reject", frozen=True):
     """An order or frame refused, with a reason code of contract §4."""
 
     order_id: str | None

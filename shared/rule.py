@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
+
+Side = Literal["BUY", "SELL"]
 
 
 @dataclass(frozen=True)
@@ -17,7 +20,7 @@ class RuleParams:
     qty: int = 10
 
 
-def price_signal(prices: Sequence[float], short: int, long: int) -> str | None:
+def price_signal(prices: Sequence[float], short: int, long: int) -> Side | None:
     """BUY when the short average is above the long one, SELL below, else None."""
     if len(prices) < long:
         return None
@@ -31,7 +34,7 @@ def price_signal(prices: Sequence[float], short: int, long: int) -> str | None:
     return None
 
 
-def news_signal(sentiment: int, bullish: int, bearish: int) -> str | None:
+def news_signal(sentiment: int, bullish: int, bearish: int) -> Side | None:
     """BUY above the bullish threshold, SELL below the bearish one, else None."""
     if sentiment > bullish:
         return "BUY"
@@ -40,7 +43,7 @@ def news_signal(sentiment: int, bullish: int, bearish: int) -> str | None:
     return None
 
 
-def decide(prices: Sequence[float], sentiment: int, position: int, p: RuleParams) -> tuple[str, int] | None:
+def decide(prices: Sequence[float], sentiment: int, position: int, p: RuleParams) -> tuple[Side, int] | None:
     """The order to send, as (side, qty), or None.
 
     Only when both signals agree is the target +Q or -Q; the order is the

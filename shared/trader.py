@@ -73,7 +73,7 @@ class Trader:
         self.next_attach = 0.0
         self.next_check = 0.0
         self.generation = -1
-        self.windows = {s: deque(maxlen=st.long_window) for s in cfg.symbols}
+        self.windows: dict[str, deque[float]] = {s: deque(maxlen=st.long_window) for s in cfg.symbols}
         self.last_updates: dict[str, int] = {}
         self.positions = {s: 0 for s in cfg.symbols}  # acknowledged
         self.pending: dict[str, Order] = {}
