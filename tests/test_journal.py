@@ -86,7 +86,7 @@ def test_stage_commit_writes_one_line_per_order(path: Path, opened: list[Journal
     j, _ = open_journal(path, opened)
     j.stage(entry(1, "a-1"))
     j.stage(entry(2, "a-2", side="SELL", qty=3))
-    assert j.last_no == 2 and j.index[("c1", "a-2")] == 2  # indexed at once
+    assert j.last_no == 2 and j.lookup("c1", "a-2") == 2  # indexed at once
     assert path.read_bytes() == b""  # written only at commit
     assert j.commit() == 2
     assert j.commit() == 0
@@ -125,7 +125,7 @@ def test_reload_rebuilds_the_state(path: Path, opened: list[Journal]) -> None:
     fill(path, opened)
     j, log = open_journal(path, opened)
     assert j.last_no == 3
-    assert j.index == {("c1", "a-1"): 1, ("c2", "b-1"): 2, ("c1", "a-2"): 3}
+    assert j.index == {"c1": {"a-1": 1, "a-2": 3}, "c2": {"b-1": 2}}
     assert j.positions == {"c1": {"AAPL": -10}, "c2": {"MSFT": -5}}
     assert j.last_id == {"c1": "a-2", "c2": "b-1"}
     loaded = log.find("journal_loaded")
@@ -161,7 +161,7 @@ def test_torn_last_line_is_cut_off(path: Path, opened: list[Journal], tail: byte
     rep = log.find("journal_repaired")
     assert rep["dropped_bytes"] == len(tail)
     assert "journal_repaired" in log.events("warning")
-    assert j.last_no == 3 and ("c1", "a-3") not in j.index
+    assert j.last_no == 3 and j.lookup("c1", "a-3") is None
     assert j.positions == {"c1": {"AAPL": -10}, "c2": {"MSFT": -5}}
     # the next order continues contiguously, on a line of its own
     j.stage(entry(j.last_no + 1, "a-3"))
@@ -190,7 +190,7 @@ def test_corrupt_middle_line_is_logged_and_skipped(path: Path, opened: list[Jour
     assert err["line"] == 2
     assert "journal_corrupt_line" in log.events("error")
     assert path.read_bytes() == before  # a middle line is never cut away
-    assert j.index == {("c1", "a-1"): 1, ("c1", "a-2"): 3}
+    assert j.index == {"c1": {"a-1": 1, "a-2": 3}}
     assert j.last_no == 3
     assert j.positions == {"c1": {"AAPL": -10}}
     j.stage(entry(j.last_no + 1, "a-3"))
@@ -207,4 +207,4 @@ def test_wrong_field_type_counts_as_corrupt(path: Path, opened: list[Journal]) -
     path.write_bytes(b"\n".join(raw))
     j, log = open_journal(path, opened)
     assert log.find("journal_corrupt_line")["line"] == 1
-    assert ("c1", "a-1") not in j.index and j.last_no == 3
+    assert j.lookup("c1", "a-1") is None and j.last_no == 3
