@@ -42,7 +42,7 @@ class Journal:
 
     def __init__(self, path: str, sync: str, log: Any) -> None:
         self.path, self.sync, self.log = path, sync, log
-        self.index: dict[str, dict[str, int]] = {}  # client_id -> order_id -> order_no (a third smaller than tuple keys)
+        self.index: dict[str, dict[str, int]] = {}  # client_id -> order_id -> order_no
         self.positions: dict[str, dict[str, int]] = {}  # client_id -> symbol -> signed qty
         self.last_id: dict[str, str] = {}  # client_id -> its last journaled order_id
         self.last_no = 0
