@@ -15,7 +15,7 @@ import msgspec
 
 from shared import config as config_mod
 from shared.book import BookError, Segment, Writer, WriterConflict
-from shared.net import Client, Conn, Loop, backoff
+from shared.net import Client, Conn, Loop, Sequence, backoff
 from shared.protocol import BadMessage, Heartbeat, Hello, Message, Price
 
 CHECK_S = 0.25  # how often a segment is checked for removal
@@ -88,9 +88,7 @@ class BookWriter:
         self.client = Client(self.loop, log, *cfg.link("price"), "price", self._connected, self._on_message,
                              decoder=_price_decoder)
         self.client.enabled = False  # until the segment is ours
-        self.session: str | None = None
-        self.expected: int | None = None
-        self.timeout_s = 3 * g.heartbeat_ms / 1000
+        self.seq = Sequence(log, "price", g.heartbeat_ms)
         self.unknown: set[str] = set()
         self.ticks = 0
 
@@ -131,16 +129,14 @@ class BookWriter:
         self.seg = self.writer = None
 
     def _connected(self, conn: Conn) -> None:
-        self.expected = None  # resynchronise: hello, then the snapshot
+        self.seq.reset()  # resynchronise: hello, then the snapshot
 
     def _on_message(self, conn: Conn, msg: Message | BadMessage) -> None:
         t = type(msg)
         if t is Price:
             p: Price = msg  # type: ignore[assignment]
             if not p.snapshot:
-                if self.expected is not None and p.seq != self.expected:
-                    self.log.warning("gap_detected", expected=self.expected, got=p.seq, session=self.session)
-                self.expected = p.seq + 1
+                self.seq.data(p.seq)
             slot = self.slots.get(p.symbol)
             if slot is None:
                 if p.symbol not in self.unknown:
@@ -152,16 +148,9 @@ class BookWriter:
             self.ticks += 1
         elif t is Hello:
             h: Hello = msg  # type: ignore[assignment]
-            if h.session != self.session:
-                self.log.info("session", stream="price", session=h.session, previous=self.session)
-                self.session = h.session
-            self.expected = h.next_seq
-            self.timeout_s = 3 * h.heartbeat_ms / 1000
+            self.seq.hello(h.session, h.next_seq, h.heartbeat_ms)
         elif t is Heartbeat:
-            hb: Heartbeat = msg  # type: ignore[assignment]
-            if hb.seq is not None and self.expected is not None and hb.seq >= self.expected:
-                self.log.warning("gap_detected", expected=self.expected, got=hb.seq + 1, session=self.session)
-                self.expected = hb.seq + 1
+            self.seq.heartbeat(msg.seq)  # type: ignore[union-attr]
 
     def step(self) -> None:
         now = time.monotonic()
@@ -183,7 +172,7 @@ class BookWriter:
         self.client.poll(now)
         self.loop.run_once(max(0.0, min(self.next_beat - time.monotonic(), 0.02)))
         # Judged after reading (see OrderManager.step).
-        self.client.check_alive(time.monotonic(), self.timeout_s)
+        self.client.check_alive(time.monotonic(), self.seq.timeout_s)
 
     def shutdown(self, deadline: float) -> None:
         self.client.close()

@@ -296,3 +296,39 @@ class Client:
         self.enabled = False
         if self.conn is not None:
             self.conn.close("shutdown")
+
+
+class Sequence:
+    """A subscriber's view of one gateway stream: the session, and the next
+    seq due. ``hello`` (re)starts it; data must follow contiguously from
+    ``next_seq``; a heartbeat's seq tells of data that never came."""
+
+    def __init__(self, log: Any, stream: str, heartbeat_ms: int) -> None:
+        self.log, self.stream = log, stream
+        self.session: str | None = None
+        self.expected: int | None = None
+        self.timeout_s = 3 * heartbeat_ms / 1000  # silence that means a dead peer
+
+    def reset(self) -> None:
+        """A new connection: nothing is expected until its hello."""
+        self.expected = None
+
+    def hello(self, session: str, next_seq: int, heartbeat_ms: int) -> None:
+        if session != self.session:
+            self.log.info("session", stream=self.stream, session=session, previous=self.session)
+            self.session = session
+        self.expected = next_seq
+        self.timeout_s = 3 * heartbeat_ms / 1000
+
+    def data(self, seq: int) -> None:
+        """A live data frame (not a snapshot)."""
+        if self.expected is not None and seq != self.expected:
+            self.log.warning("gap_detected", stream=self.stream, expected=self.expected, got=seq,
+                             session=self.session)
+        self.expected = seq + 1
+
+    def heartbeat(self, seq: int | None) -> None:
+        if seq is not None and self.expected is not None and seq >= self.expected:
+            self.log.warning("gap_detected", stream=self.stream, expected=self.expected, got=seq + 1,
+                             session=self.session)
+            self.expected = seq + 1

@@ -16,7 +16,7 @@ import msgspec
 
 from shared import config as config_mod
 from shared.book import BookError, Segment
-from shared.net import Client, Conn, Loop, backoff
+from shared.net import Client, Conn, Loop, Sequence, backoff
 from shared.protocol import (
     PROTO,
     Ack,
@@ -66,7 +66,7 @@ class Trader:
                            decoder=_news_decoder)
         self.om = Client(self.loop, log, *cfg.link("orders"), "orders", self._om_connected, self._on_om,
                          self._om_down, decoder=_om_decoder)
-        self.news_timeout_s = 3 * g.heartbeat_ms / 1000
+        self.seq = Sequence(log, "news", g.heartbeat_ms)
         self.om_hb_s = om.heartbeat_ms / 1000
         self.seg: Segment | None = None
         self.attach_attempt = 0
@@ -81,8 +81,6 @@ class Trader:
         self.logged_on = False
         self.n = 0
         self.stale: bool | None = None
-        self.session: str | None = None
-        self.expected: int | None = None
 
     # --- the book -------------------------------------------------------------
 
@@ -136,28 +134,19 @@ class Trader:
     # --- news -----------------------------------------------------------------
 
     def _news_connected(self, conn: Conn) -> None:
-        self.expected = None
+        self.seq.reset()
 
     def _on_news(self, conn: Conn, msg: Message | BadMessage) -> None:
         t = type(msg)
         if t is News:
             n: News = msg  # type: ignore[assignment]
-            if self.expected is not None and n.seq != self.expected:
-                self.log.warning("gap_detected", stream="news", expected=self.expected, got=n.seq)
-            self.expected = n.seq + 1
+            self.seq.data(n.seq)
             self._on_tick(n)
         elif t is Hello:
             h: Hello = msg  # type: ignore[assignment]
-            if h.session != self.session:
-                self.log.info("session", stream="news", session=h.session, previous=self.session)
-                self.session = h.session
-            self.expected = h.next_seq
-            self.news_timeout_s = 3 * h.heartbeat_ms / 1000
+            self.seq.hello(h.session, h.next_seq, h.heartbeat_ms)
         elif t is Heartbeat:
-            hb: Heartbeat = msg  # type: ignore[assignment]
-            if hb.seq is not None and self.expected is not None and hb.seq >= self.expected:
-                self.log.warning("gap_detected", stream="news", expected=self.expected, got=hb.seq + 1)
-                self.expected = hb.seq + 1
+            self.seq.heartbeat(msg.seq)  # type: ignore[union-attr]
 
     def position(self, symbol: str) -> int:
         """Acknowledged plus pending, signed."""
@@ -252,7 +241,7 @@ class Trader:
                     self._check_stale()
             self.news.poll(now)
             self.om.poll(now)
-            self.news.check_alive(now, self.news_timeout_s)
+            self.news.check_alive(now, self.seq.timeout_s)
             self.om.check_alive(now, 3 * self.om_hb_s)
             c = self.om.conn
             if c is not None and self.logged_on and c.quiet_for(now) >= self.om_hb_s:
