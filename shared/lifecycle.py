@@ -67,7 +67,7 @@ def run(daemon: str, build: Callable[[config_mod.Config, Any], Component], log_s
         comp = build(cfg, log)
         while not stop.requested:
             comp.step()
-            logs.flush()
+            logs.flush(older_than=logs.LINGER_S)
     except SystemExit as e:
         log.error("stopped", reason="fatal", code=e.code)
         logs.flush()

@@ -1,9 +1,11 @@
 """structlog, configured once per daemon: JSON lines with ts, level, event,
 daemon and pid (contract §6).
 
-Lines are buffered and written out by ``flush()``, which every daemon's loop
-calls once per turn (and before it acks anything), so a burst of records
-costs one write, not one per record.
+Lines are buffered and written out by ``flush()``: every daemon's loop asks
+for it once per turn, and it writes once the oldest line has waited
+``LINGER_S``, so a burst of records costs one write, and the write (which
+wakes supervisord) does not land on the order path. The ordermanager flushes
+before it acks anything.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ class LineSink:
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
         self._buf = bytearray()
+        self.since = 0.0  # when the oldest buffered line came
 
     def msg(self, message: bytes) -> None:
+        if not self._buf:
+            self.since = time.monotonic()
         self._buf += message
         self._buf += b"\n"
         if len(self._buf) > 1 << 16:
@@ -100,7 +105,10 @@ def hot(event: str, **fields: Any) -> None:
     _sink.msg(_render(None, "info", _stamp(None, "info", record)))
 
 
-def flush() -> None:
-    """Write out the buffered log lines."""
-    if _sink is not None:
+LINGER_S = 0.005
+
+
+def flush(older_than: float = 0.0) -> None:
+    """Write out the buffered log lines (only if the oldest is ``older_than`` seconds)."""
+    if _sink is not None and _sink._buf and time.monotonic() - _sink.since >= older_than:
         _sink.flush()
