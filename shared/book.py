@@ -79,6 +79,10 @@ class BookError(Exception):
     """The segment is missing, foreign or incompatible."""
 
 
+class SegmentMissing(BookError):
+    """No segment of that name exists (yet)."""
+
+
 class WriterConflict(BookError):
     """Another live writer holds the segment."""
 
@@ -232,7 +236,7 @@ class Segment:
         try:
             shm = _open(name, False)
         except FileNotFoundError:
-            raise BookError(f"segment {name} does not exist") from None
+            raise SegmentMissing(f"segment {name} does not exist") from None
         if shm.size < HEADER_SIZE:
             shm.close()
             raise BookError(f"segment {name}: {shm.size} bytes, too small for a header")

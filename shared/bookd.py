@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from shared import config as config_mod
-from shared.book import BookError, Segment, Writer, WriterConflict
+from shared.book import BookError, Segment, SegmentMissing, Writer, WriterConflict
 from shared.net import Client, Conn, Loop, Sequence, backoff
 from shared.protocol import BadMessage, Heartbeat, Hello, Message, Price
 
@@ -34,10 +34,7 @@ class Keeper:
         """Attach and validate, or create; an incompatible segment is fatal."""
         try:
             seg = Segment.attach(self.name)
-        except BookError as e:
-            if "does not exist" not in str(e):
-                self.log.error("segment_incompatible", segment=self.name, error=str(e))
-                raise SystemExit(1) from None
+        except SegmentMissing:
             try:
                 seg = Segment.create(self.name, self.cfg.symbols)
             except FileExistsError:  # someone raced us: validate theirs next turn
@@ -46,6 +43,9 @@ class Keeper:
             self.log.info("segment_created", segment=self.name, generation=seg.generation,
                           size=seg.size, symbols=seg.symbols)
             return
+        except BookError as e:  # never wiped: a person decides (deploy/down removes it)
+            self.log.error("segment_incompatible", segment=self.name, error=str(e))
+            raise SystemExit(1) from None
         try:
             seg.check_symbols(self.cfg.symbols)
         except BookError as e:
