@@ -19,6 +19,7 @@ from shared.net import Client, Conn, Loop, Sequence, backoff
 from shared.protocol import BadMessage, Heartbeat, Hello, Message, Price
 
 CHECK_S = 0.25  # how often a segment is checked for removal
+STATS_S = 10.0  # how often the orderbook logs how many ticks it wrote (never per tick)
 
 
 class Keeper:
@@ -91,6 +92,8 @@ class BookWriter:
         self.seq = Sequence(log, "price", g.heartbeat_ms)
         self.unknown: set[str] = set()
         self.ticks = 0
+        self.next_stats = time.monotonic() + STATS_S
+        self.ticks_at_stats = 0
 
     def _attach(self, now: float) -> None:
         name = self.cfg.book.segment
@@ -169,6 +172,11 @@ class BookWriter:
             if self.seg.replaced():
                 self._detach("segment_replaced")
                 return
+        if now >= self.next_stats:
+            n = self.ticks - self.ticks_at_stats
+            self.log.info("ticks_written", ticks=self.ticks, per_s=round(n / (now - self.next_stats + STATS_S)),
+                          generation=self.writer.generation)
+            self.next_stats, self.ticks_at_stats = now + STATS_S, self.ticks
         self.client.poll(now)
         self.loop.run_once(max(0.0, min(self.next_beat - time.monotonic(), 0.02)))
         # Judged after reading (see OrderManager.step).

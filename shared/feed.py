@@ -107,7 +107,6 @@ class Gateway:
         for st, port in ((self.price, g.price_port), (self.news, g.news_port)):
             st.server = Server(self.loop, log, g.host, port, st.name, functools.partial(self._accept, st))
         self.next_housekeeping = 0.0
-        self.dropped = 0
 
     def _price(self, seq: int, out: bytearray) -> None:
         sym, px = self.walk()
@@ -155,7 +154,6 @@ class Gateway:
         for conn in list(st.subs):
             conn.write(batch)
             if len(conn.out) > self.backlog:
-                self.dropped += 1
                 conn.close("slow_consumer")
 
     def step(self) -> None:
