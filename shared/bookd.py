@@ -15,7 +15,7 @@ import msgspec
 
 from shared import config as config_mod
 from shared.book import BookError, Segment, SegmentMissing, Writer, WriterConflict
-from shared.net import Client, Conn, Loop, Sequence, backoff
+from shared.net import Client, Conn, Loop, Retry, Sequence
 from shared.protocol import BadMessage, Heartbeat, Hello, Message, Price
 
 CHECK_S = 0.25  # how often a segment is checked for removal
@@ -81,8 +81,7 @@ class BookWriter:
         self.loop = Loop()
         self.seg: Segment | None = None
         self.writer: Writer | None = None
-        self.attach_attempt = 0
-        self.next_attach = 0.0
+        self.attach = Retry(log, "segment_wait", segment=cfg.book.segment)
         self.next_check = 0.0
         self.next_beat = 0.0
         g = cfg.gateway
@@ -101,11 +100,7 @@ class BookWriter:
             seg = Segment.attach(name)
             seg.check_symbols(self.cfg.symbols)
         except BookError as e:
-            self.attach_attempt += 1
-            delay = backoff(self.attach_attempt)
-            self.next_attach = now + delay
-            self.log.warning("segment_wait", segment=name, attempt=self.attach_attempt,
-                             delay_ms=round(delay * 1000), error=str(e))
+            self.attach.failed(now, str(e))
             return
         try:
             self.writer = Writer(seg)
@@ -114,7 +109,7 @@ class BookWriter:
             self.log.error("writer_conflict", segment=name, error=str(e))
             raise SystemExit(3) from None
         self.seg = seg
-        self.attach_attempt = 0
+        self.attach.succeeded()
         self.log.info("segment_attached", segment=name, generation=self.writer.generation)
         if self.writer.repaired:
             self.log.warning("segment_repaired", segment=name, generation=self.writer.generation,
@@ -158,10 +153,10 @@ class BookWriter:
     def step(self) -> None:
         now = time.monotonic()
         if self.writer is None:
-            if now >= self.next_attach:
+            if self.attach.due(now):
                 self._attach(now)
             if self.writer is None:
-                time.sleep(min(0.05, max(self.next_attach - now, 0.0)))
+                time.sleep(min(0.05, max(self.attach.next_at - now, 0.0)))
                 return
         assert self.writer is not None and self.seg is not None
         if now >= self.next_beat:

@@ -179,12 +179,11 @@ class Server:
         self.loop, self.log, self.host, self.port, self.stream = loop, log, host, port, stream
         self.on_accept = on_accept
         self.sock: socket.socket | None = None
-        self.attempt = 0
-        self.next_try = 0.0
+        self.retry = Retry(log, "bind_failed", "error", stream=stream, port=port)
 
     def poll(self, now: float) -> None:
         """Bind if not bound yet and it is time to try."""
-        if self.sock is not None or now < self.next_try:
+        if self.sock is not None or not self.retry.due(now):
             return
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -193,12 +192,9 @@ class Server:
             s.listen(1024)
         except OSError as e:
             s.close()
-            self.attempt += 1
-            delay = backoff(self.attempt)
-            self.next_try = now + delay
-            self.log.error("bind_failed", stream=self.stream, port=self.port, attempt=self.attempt,
-                           delay_ms=round(delay * 1000), error=e.strerror or str(e))
+            self.retry.failed(now, e.strerror or str(e))
             return
+        self.retry.succeeded()
         s.setblocking(False)
         self.sock = s
         self.loop.add(s, self._on_event)
@@ -229,6 +225,30 @@ def backoff(attempt: int, base: float = 0.05, cap: float = 1.0) -> float:
     """Capped exponential backoff with jitter: in [d/2, d], d = min(cap, base * 2^(attempt-1))."""
     d = min(cap, base * (2 ** min(attempt - 1, 30)))
     return d * (0.5 + random.random() / 2)
+
+
+class Retry:
+    """When to try again after a failure: the backoff above, each failure logged
+    as ``event`` with its attempt, delay and error (a held port, a segment not
+    there yet)."""
+
+    def __init__(self, log: Any, event: str, level: str = "warning", **fields: Any) -> None:
+        self.log, self.event, self.level, self.fields = log, event, level, fields
+        self.attempt = 0
+        self.next_at = 0.0
+
+    def due(self, now: float) -> bool:
+        return now >= self.next_at
+
+    def failed(self, now: float, error: str) -> None:
+        self.attempt += 1
+        delay = backoff(self.attempt)
+        self.next_at = now + delay
+        getattr(self.log, self.level)(self.event, **self.fields, attempt=self.attempt,
+                                      delay_ms=round(delay * 1000), error=error)
+
+    def succeeded(self) -> None:
+        self.attempt = 0
 
 
 class Client:

@@ -16,7 +16,7 @@ import msgspec
 
 from shared import config as config_mod
 from shared.book import BookError, Segment
-from shared.net import Client, Conn, Loop, Sequence, backoff
+from shared.net import Client, Conn, Loop, Retry, Sequence
 from shared.protocol import (
     PROTO,
     Ack,
@@ -69,8 +69,7 @@ class Trader:
         self.seq = Sequence(log, "news", g.heartbeat_ms)
         self.om_hb_s = om.heartbeat_ms / 1000
         self.seg: Segment | None = None
-        self.attach_attempt = 0
-        self.next_attach = 0.0
+        self.attach = Retry(log, "segment_wait", segment=cfg.book.segment)
         self.next_check = 0.0
         self.generation = -1
         self.windows: dict[str, deque[float]] = {s: deque(maxlen=st.long_window) for s in cfg.symbols}
@@ -90,13 +89,10 @@ class Trader:
             seg = Segment.attach(name)
             seg.check_symbols(self.cfg.symbols)
         except BookError as e:
-            self.attach_attempt += 1
-            delay = backoff(self.attach_attempt)
-            self.next_attach = now + delay
-            self.log.warning("segment_wait", segment=name, attempt=self.attach_attempt,
-                             delay_ms=round(delay * 1000), error=str(e))
+            self.attach.failed(now, str(e))
             return
-        self.seg, self.attach_attempt = seg, 0
+        self.seg = seg
+        self.attach.succeeded()
         self.slots = list(enumerate(seg.symbols))
         self.log.info("segment_attached", segment=name, generation=seg.generation)
 
@@ -227,7 +223,7 @@ class Trader:
         self.loop.run_once(self.poll_s)
         self._poll_book()
         now = time.monotonic()
-        if self.seg is None and now >= self.next_attach:
+        if self.seg is None and self.attach.due(now):
             self._attach(now)
         if now >= self.next_check:
             self.next_check = now + 0.05

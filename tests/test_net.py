@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.net import Sequence, backoff
+from shared.net import Retry, Sequence, backoff
 
 
 class Log:
@@ -72,3 +72,18 @@ def test_backoff_grows_is_jittered_and_capped() -> None:
         for _ in range(50):
             d = backoff(attempt)
             assert top / 2 <= d <= top
+
+
+def test_retry_logs_each_failure_and_waits_longer() -> None:
+    log = Log()
+    r = Retry(log, "segment_wait", segment="s")
+    assert r.due(0.0)
+    r.failed(10.0, "missing")
+    r.failed(10.0, "missing")
+    waits = log.events("segment_wait")
+    assert [w["attempt"] for w in waits] == [1, 2]
+    assert waits[0] == {"segment": "s", "attempt": 1, "delay_ms": waits[0]["delay_ms"], "error": "missing"}
+    assert not r.due(10.0) and r.due(10.0 + waits[1]["delay_ms"] / 1000 + 0.001)
+    r.succeeded()
+    r.failed(20.0, "missing")
+    assert log.events("segment_wait")[-1]["attempt"] == 1
