@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.bookd import Keeper  # noqa: E402
+from shared.bootstrap import Keeper  # noqa: E402
 from shared.lifecycle import run  # noqa: E402
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.lifecycle import run  # noqa: E402
-from shared.orders import OrderManager  # noqa: E402
+from shared.ordermanager import OrderManager  # noqa: E402
 
 if __name__ == "__main__":
     run("ordermanager", OrderManager)

@@ -26,6 +26,7 @@ HEADER_SIZE = 128
 RECORD_SIZE = 64
 SYMBOL_SIZE = 16
 READ_TRIES = 1000
+CHECK_S = 0.25  # how often bootstrap and the orderbook check the segment for removal
 
 _HEADER_FIELDS = {  # name: (NumPy format, offset), contract §5
     "magic": ("S8", 0), "version": ("<u4", 8), "capacity": ("<u4", 12), "nsymbols": ("<u4", 16),

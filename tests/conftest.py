@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from shared.harness import Stack
+from shared.ops.harness import Stack
 
 
 @pytest.fixture

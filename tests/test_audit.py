@@ -1,4 +1,4 @@
-"""The audit command (shared/audit.py): its figures on synthetic log lines, following files
+"""The audit command (shared/ops/audit.py): its figures on synthetic log lines, following files
 across rotation, and the command itself on a private stack."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from shared import audit
-from shared.harness import Stack
-from shared.peer import OrderClient
+from shared.ops import audit
+from shared.ops.harness import Stack
+from shared.ops.peer import OrderClient
 from shared.protocol import Ack
 
 
@@ -254,7 +254,7 @@ def test_follow_writes_the_human_view_of_every_log(tmp_path: Path) -> None:
 
 def run_audit(*args: str) -> str:
     """The audit command's output, run as a person runs it."""
-    return subprocess.run([sys.executable, "-m", "shared.audit", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "shared.ops.audit", *args], capture_output=True, text=True, timeout=60,
                           check=True).stdout
 
 
@@ -262,7 +262,7 @@ class Follower:
     """``stack-audit --follow`` in a subprocess, its lines collected by a thread."""
 
     def __init__(self, logs: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "shared.audit", "--logs", str(logs), "--follow"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "shared.ops.audit", "--logs", str(logs), "--follow"],
                                      stdout=subprocess.PIPE, text=True)
         self.queue: queue.Queue[str] = queue.Queue()
         self.lines: list[str] = []

@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from shared.harness import Stack
-from shared.peer import OrderClient
+from shared.ops.harness import Stack
+from shared.ops.peer import OrderClient
 from shared.protocol import (
     HEADER,
     MAX_FRAME,

@@ -1,6 +1,6 @@
 """The fault-injection suite (issue 3): real supervisord, real daemons, real
-faults from shared/faults.py. Each scenario says what it breaks, checks the
-symptom it must cause, then ends with ``shared.invariants.healed``: every
+faults from shared/ops/faults.py. Each scenario says what it breaks, checks the
+symptom it must cause, then ends with ``shared.ops.invariants.healed``: every
 program RUNNING, the book fresh and ticking, the strategy trading again,
 each restart in the audit log, and the journal's invariants.
 
@@ -26,11 +26,12 @@ from typing import Any
 
 import pytest
 
-from shared import book, config, faults
-from shared.faults import Proxy, toxic
-from shared.harness import PROGRAMS, Stack
-from shared.invariants import NotHealed, healed, ticks
-from shared.peer import OrderClient
+from shared import book, config
+from shared.ops import faults
+from shared.ops.faults import Proxy, toxic
+from shared.ops.harness import PROGRAMS, Stack
+from shared.ops.invariants import NotHealed, healed, ticks
+from shared.ops.peer import OrderClient
 from shared.protocol import Ack, LogonAck, Order, Reject, frame
 
 pytestmark = pytest.mark.faults

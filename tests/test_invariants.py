@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from shared import faults
-from shared.invariants import ack_problems, journal_problems, restart_problems, strategy_problems
+from shared.ops import faults
+from shared.ops.invariants import ack_problems, journal_problems, restart_problems, strategy_problems
 
 
 def entry(no: int, oid: str, side: str = "BUY", qty: int = 10, sym: str = "AAPL", cid: str = "s-1") -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shared.orders import Entry, Journal
+from shared.journal import Entry, Journal
 
 FIELDS = {"order_no", "order_id", "client_id", "symbol", "side", "qty", "price", "ts_ns", "tick_ts_ns", "recv_ns"}
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from shared.harness import Stack
-from shared.peer import OrderClient
+from shared.ops.harness import Stack
+from shared.ops.peer import OrderClient
 from shared.protocol import Ack, Heartbeat, Logon, LogonAck, Reject, frame_body
 
 MAX_QTY = 50

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from shared.stats import percentile
+from shared.ops.stats import percentile
 
 
 @pytest.mark.parametrize(

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from shared.book import BookError, Segment
-from shared.harness import PROGRAMS, Stack
-from shared.peer import OrderClient
+from shared.ops.harness import PROGRAMS, Stack
+from shared.ops.peer import OrderClient
 from shared.protocol import Ack, Order, Reject, frame
 
 MSG = re.compile(r"^Received Order (\d+): (BUY|SELL) (\d+) (\S+) @ (\d+\.\d{2})$")

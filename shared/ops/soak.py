@@ -21,10 +21,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from shared import faults, logs
-from shared.harness import Stack
-from shared.invariants import NotHealed, healed, journal_problems, strategy_acks
-from shared.stats import percentile
+from shared import logs
+from shared.ops import faults
+from shared.ops.harness import Stack
+from shared.ops.invariants import NotHealed, healed, journal_problems, strategy_acks
+from shared.ops.stats import percentile
 
 HB_MS = 100
 OVERRIDES: dict[str, Any] = {"gateway": {"news_rate": 20, "heartbeat_ms": HB_MS},

@@ -1,4 +1,4 @@
-"""Helpers behind deploy/up and deploy/down (``python -m shared.ctl CMD``).
+"""Helpers behind deploy/up and deploy/down (``python -m shared.ops.ctl CMD``).
 
 prepare   check the config, make logs/ and the order-entry token (0600)
 wait      wait until every supervisord program is RUNNING, print the status

@@ -5,7 +5,7 @@ does) written with a blocking socket, with our selectors loop
 between the same bare source and sink processes. A blocking socket serves
 one peer; the daemons serve several, so the choice is among the other three.
 
-    python -m shared.iomodels      # latency at 200/s, and throughput when blasted
+    python -m shared.ops.iomodels      # latency at 200/s, and throughput when blasted
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Any
 
 import msgspec
 
-from shared import loopback
 from shared.net import Conn, Loop, tune
+from shared.ops import loopback
+from shared.ops.stats import percentile
 from shared.protocol import FrameDecoder, News, Order, Price, frame
-from shared.stats import percentile
 
 _decoder = msgspec.json.Decoder(News | Price)
 
@@ -140,7 +140,7 @@ def measure(relay: Any, rate: float, count: int, blast_s: float) -> dict[str, fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m shared.iomodels", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m shared.ops.iomodels", description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=200.0, help="ticks/s for the latency run")
     ap.add_argument("--count", type=int, default=2000)
     ap.add_argument("--blast", type=float, default=3.0, help="seconds of blasting for the throughput run")

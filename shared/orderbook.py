@@ -1,9 +1,7 @@
-"""The book's two daemons: bootstrap keeps the segment, orderbook writes it.
+"""orderbook: the book's single writer.
 
-Bootstrap creates the segment (or validates the one it finds) and re-creates
-it if it vanishes. The orderbook takes the segment over as its only writer,
-subscribes to prices and writes every tick, resynchronising from the
-snapshot after each reconnect.
+It takes the segment over as its only writer, subscribes to prices and writes
+every tick, resynchronising from the snapshot after each reconnect.
 """
 
 from __future__ import annotations
@@ -14,60 +12,11 @@ from typing import Any
 import msgspec
 
 from shared import config as config_mod
-from shared.book import BookError, Segment, SegmentMissing, Writer, WriterConflict
+from shared.book import CHECK_S, BookError, Segment, Writer, WriterConflict
 from shared.net import Client, Conn, Loop, Retry, Sequence
 from shared.protocol import BadMessage, Heartbeat, Hello, Message, Price
 
-CHECK_S = 0.25  # how often a segment is checked for removal
 STATS_S = 10.0  # how often the orderbook logs how many ticks it wrote (never per tick)
-
-
-class Keeper:
-    """bootstrap: makes sure the segment exists and matches the config."""
-
-    def __init__(self, cfg: config_mod.Config, log: Any) -> None:
-        self.cfg, self.log = cfg, log
-        self.name = cfg.book.segment
-        self.seg: Segment | None = None
-        self.ensure()
-
-    def ensure(self) -> None:
-        """Attach and validate, or create; an incompatible segment is fatal."""
-        try:
-            seg = Segment.attach(self.name)
-        except SegmentMissing:
-            try:
-                seg = Segment.create(self.name, self.cfg.symbols)
-            except FileExistsError:  # someone raced us: validate theirs next turn
-                return
-            self.seg = seg
-            self.log.info("segment_created", segment=self.name, generation=seg.generation,
-                          size=seg.size, symbols=seg.symbols)
-            return
-        except BookError as e:  # never wiped: a person decides (deploy/down removes it)
-            self.log.error("segment_incompatible", segment=self.name, error=str(e))
-            raise SystemExit(1) from None
-        try:
-            seg.check_symbols(self.cfg.symbols)
-        except BookError as e:
-            seg.close()
-            self.log.error("segment_incompatible", segment=self.name, error=str(e))
-            raise SystemExit(1) from None
-        self.seg = seg
-        self.log.info("segment_attached", segment=self.name, generation=seg.generation, size=seg.size)
-
-    def step(self) -> None:
-        time.sleep(CHECK_S)
-        if self.seg is None or self.seg.replaced():
-            if self.seg is not None:
-                self.log.error("segment_missing", segment=self.name)
-                self.seg.close()
-                self.seg = None
-            self.ensure()
-
-    def shutdown(self, deadline: float) -> None:
-        if self.seg is not None:
-            self.seg.close()  # never unlink: only deploy/down removes the segment
 
 
 _price_decoder = msgspec.json.Decoder(Price | Hello | Heartbeat)

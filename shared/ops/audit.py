@@ -28,7 +28,7 @@ from typing import IO, Any
 import orjson
 
 from shared.config import ROOT
-from shared.stats import percentile
+from shared.ops.stats import percentile
 
 Record = dict[str, Any]
 

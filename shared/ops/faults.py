@@ -1,0 +1,447 @@
+"""The fault tool (``deploy/fault``): break the stack on purpose, the way
+users do, and log every fault as one JSON line (daemon ``faults``).
+
+- ``kill`` a program with any signal, ``freeze`` it (SIGSTOP) for a while;
+- a fault ``proxy`` (``shared.ops.proxy``) placed on a link with ``[links]``,
+  with toxics like Toxiproxy's, changed at run time over a small control socket;
+- remove or corrupt the book segment, tear a journal's last line, hide a
+  file a daemon needs at start, hold a port before a daemon binds it;
+- ``MENU``: the faults a chaos soak may draw at random.
+
+Programs are found through supervisord's XML-RPC (``getProcessInfo``); a
+target is a ``harness.Stack`` or a supervisord server URL.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import datetime as dt
+import json
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from shared import book, config, logs
+from shared.ops.proxy import addr, toxic
+
+DAEMON = "faults"
+FREEZE_SIGNALS = (signal.SIGSTOP, signal.SIGCONT)
+
+
+class FaultError(Exception):
+    """A fault could not be injected (no such program, not running, …)."""
+
+
+# --- logging ------------------------------------------------------------------
+
+_log: Any = None
+
+
+def logger() -> Any:
+    global _log
+    if _log is None:
+        _log = logs.configure(DAEMON)
+    return _log
+
+
+def configure_log(stream: IO[bytes] | None = None) -> Any:
+    """Send the fault records to ``stream`` (default stdout); returns the logger."""
+    global _log
+    _log = logs.configure(DAEMON, stream)
+    return _log
+
+
+def emit(event: str, target: Any = None, level: str = "warning", **fields: Any) -> None:
+    """Log one fault record to stdout; for a Stack, also to its logs/faults.log."""
+    log = logger()
+    getattr(log, level)(event, **fields)
+    logs.flush()
+    logdir = getattr(target, "logs", None)
+    if isinstance(logdir, Path):
+        ts = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+        rec = {"ts": ts, "level": level, "event": event, "daemon": DAEMON, "pid": os.getpid(), **fields}
+        with open(logdir / "faults.log", "ab") as f:
+            f.write(orjson.dumps(rec, default=str) + b"\n")
+
+
+# --- programs -----------------------------------------------------------------
+
+
+def serverurl_of(conf: str | os.PathLike[str]) -> str:
+    """The supervisorctl serverurl of a supervisord.conf."""
+    cp = configparser.RawConfigParser()
+    cp.read(conf)
+    return cp.get("supervisorctl", "serverurl", fallback="unix:///tmp/tradestack/supervisor.sock")
+
+
+def _rpc(target: Any) -> Any:
+    if hasattr(target, "rpc"):
+        return target.rpc
+    from shared.ops import ctl
+
+    return ctl.rpc(str(target)).supervisor
+
+
+def pid_of(target: Any, program: str) -> int:
+    """The pid supervisord reports for a RUNNING (or STARTING) program."""
+    try:
+        info = _rpc(target).getProcessInfo(program)
+    except xmlrpc.client.Fault as e:
+        raise FaultError(f"{program}: {e.faultString}") from None
+    except OSError as e:
+        where = getattr(target, "serverurl", target)
+        raise FaultError(f"supervisord at {where} is not reachable: {e.strerror or e}") from None
+    if not info["pid"]:
+        raise FaultError(f"{program} has no process ({info['statename']})")
+    return int(info["pid"])
+
+
+def _signum(sig: int | str) -> signal.Signals:
+    if isinstance(sig, str):
+        name = sig.upper()
+        if name.isdigit():
+            return signal.Signals(int(name))
+        return signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+    return signal.Signals(sig)
+
+
+def kill(target: Any, program: str, sig: int | str = signal.SIGKILL) -> int:
+    """Send ``sig`` to a supervised program; returns the pid it hit."""
+    s = _signum(sig)
+    pid = pid_of(target, program)
+    os.kill(pid, s)
+    emit("fault_injected", target, fault="kill", program=program, pid=pid, signal=s.name)
+    return pid
+
+
+@contextlib.contextmanager
+def frozen(target: Any, program: str) -> Iterator[int]:
+    """SIGSTOP a program for the ``with`` block, SIGCONT after it, whatever happens."""
+    pid = pid_of(target, program)
+    os.kill(pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    emit("fault_injected", target, fault="freeze", program=program, pid=pid, signal="SIGSTOP")
+    try:
+        yield pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        emit("fault_cleared", target, fault="freeze", program=program, pid=pid, signal="SIGCONT",
+             frozen_ms=round((time.monotonic() - t0) * 1000))
+
+
+def freeze(target: Any, program: str, seconds: float) -> int:
+    """Freeze a program for ``seconds`` (blocking); returns its pid."""
+    with frozen(target, program) as pid:
+        time.sleep(seconds)
+    return pid
+
+
+# --- the segment --------------------------------------------------------------
+
+
+def _segment_name(target: Any) -> str:
+    return str(getattr(target, "segment", None) or target)
+
+
+def remove_segment(target: Any) -> bool:
+    """Unlink the book segment under the running stack; True if it existed."""
+    name = _segment_name(target)
+    existed = book.unlink(name)
+    emit("fault_injected", target, fault="segment_remove", segment=name, existed=existed)
+    return existed
+
+
+CORRUPT_MODES = ("torn", "records", "header")
+
+
+def corrupt_segment(target: Any, mode: str = "torn", seed: int | None = None) -> list[str]:
+    """Damage the segment in place; returns the symbols (or header) touched.
+
+    ``torn``: every record's seq made odd, as a writer killed mid-write
+    leaves it; ``records``: random bytes over every record; ``header``: the
+    magic wrecked, so nothing attaches any more.
+    """
+    if mode not in CORRUPT_MODES:
+        raise FaultError(f"corrupt mode {mode!r}: expected one of {', '.join(CORRUPT_MODES)}")
+    name = _segment_name(target)
+    rng = random.Random(seed)
+    if mode == "header":
+        try:
+            fd = os.open(book.path_of(name), os.O_RDWR)
+        except FileNotFoundError:
+            raise FaultError(f"segment {name} does not exist") from None
+        try:
+            os.pwrite(fd, bytes(rng.randrange(256) for _ in range(8)), 0)
+        finally:
+            os.close(fd)
+        touched = ["header"]
+    else:
+        try:
+            seg = book.Segment.attach(name)
+        except book.BookError as e:
+            raise FaultError(str(e)) from None
+        try:
+            buf = seg.buf
+            assert buf is not None
+            for i in range(len(seg.symbols)):
+                off = seg.offset(i)
+                if mode == "torn":
+                    seq = struct.unpack_from("<Q", buf, off)[0]
+                    struct.pack_into("<Q", buf, off, seq | 1)
+                else:
+                    buf[off : off + book.RECORD_SIZE] = bytes(rng.randrange(256) for _ in range(book.RECORD_SIZE))
+            touched = list(seg.symbols)
+        finally:
+            seg.close()
+    emit("fault_injected", target, fault="segment_corrupt", segment=name, mode=mode, touched=touched)
+    return touched
+
+
+# --- files and ports ----------------------------------------------------------
+
+
+def tear_last_line(path: str | os.PathLike[str], target: Any = None) -> int:
+    """Append the first half of the file's last line, no newline: what a
+    crash mid-write leaves. Returns the bytes appended."""
+    p = Path(path)
+    lines = p.read_bytes().splitlines()
+    if not lines:
+        raise FaultError(f"{p}: no line to tear")
+    torn = lines[-1][: max(1, len(lines[-1]) // 2)]
+    with open(p, "ab") as f:
+        f.write(torn)
+    emit("fault_injected", target, fault="torn_line", path=str(p), bytes=len(torn))
+    return len(torn)
+
+
+@contextlib.contextmanager
+def hidden(path: str | os.PathLike[str], target: Any = None) -> Iterator[Path]:
+    """Move a file away for the ``with`` block (a daemon that needs it at start fails)."""
+    p = Path(path)
+    aside = p.with_name(p.name + ".hidden-by-fault")
+    os.rename(p, aside)
+    emit("fault_injected", target, fault="file_hidden", path=str(p))
+    try:
+        yield p
+    finally:
+        os.rename(aside, p)
+        emit("fault_cleared", target, fault="file_hidden", path=str(p))
+
+
+@contextlib.contextmanager
+def hold_port(port: int, host: str = "127.0.0.1", target: Any = None, listen: bool = True) -> Iterator[socket.socket]:
+    """Hold a TCP port (bound and, by default, listening) for the ``with`` block."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind((host, port))
+        if listen:
+            s.listen(16)
+    except OSError:
+        s.close()
+        raise
+    emit("fault_injected", target, fault="port_held", host=host, port=port)
+    try:
+        yield s
+    finally:
+        s.close()
+        emit("fault_cleared", target, fault="port_held", host=host, port=port)
+
+
+def control(port: int, request: dict[str, Any], host: str = "127.0.0.1", timeout: float = 5.0) -> dict[str, Any]:
+    """Send one command to a proxy's control socket; its answer."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(json.dumps(request).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(1 << 16)
+            if not chunk:
+                raise FaultError("proxy closed the control connection")
+            buf += chunk
+    reply: dict[str, Any] = json.loads(buf)
+    if not reply.get("ok"):
+        raise FaultError(f"proxy: {reply.get('error')}")
+    return reply
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proxy:
+    """A fault proxy in a subprocess, for tests: ``with Proxy(upstream) as p: p.set(toxic(...))``.
+
+    ``listen`` is chosen now (``p.port``), so a stack's ``[links]`` can point at
+    it before the proxy or the stack starts.
+    """
+
+    def __init__(self, upstream: tuple[str, int] | str, listen: int | None = None, name: str = "",
+                 log_path: str | os.PathLike[str] | None = None) -> None:
+        self.upstream = addr(upstream) if isinstance(upstream, str) else upstream
+        self.port = listen or free_port()
+        self.control_port = free_port()
+        self.name = name
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` to put in ``[links]``."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> Proxy:
+        """Start the proxy process and wait until its control socket answers."""
+        cmd = [sys.executable, "-m", "shared.ops.faultcmd", "proxy", "--listen", str(self.port),
+               "--upstream", f"{self.upstream[0]}:{self.upstream[1]}", "--control", str(self.control_port)]
+        if self.name:
+            cmd += ["--name", self.name]
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=config.ROOT)
+        finally:
+            if self.log_path:
+                out.close()  # type: ignore[union-attr]
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise FaultError(f"proxy {self.name} exited with {self.proc.returncode} at start")
+            try:
+                self.call({"op": "ping"}, timeout=1.0)
+                return self
+            except (OSError, FaultError):
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise FaultError(f"proxy {self.name} did not answer in {timeout} s") from None
+                time.sleep(0.05)
+
+    def call(self, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        return control(self.control_port, request, timeout=timeout)
+
+    def set(self, *toxics: dict[str, Any]) -> dict[str, Any]:
+        """Replace the active toxics."""
+        return self.call({"op": "set", "toxics": list(toxics)})
+
+    def clear(self) -> dict[str, Any]:
+        return self.call({"op": "clear"})
+
+    def stats(self) -> dict[str, Any]:
+        return self.call({"op": "stats"})
+
+    def drop(self) -> dict[str, Any]:
+        """Reset every proxied connection now."""
+        return self.call({"op": "drop"})
+
+    @contextlib.contextmanager
+    def toxics(self, *toxics: dict[str, Any]) -> Iterator[Proxy]:
+        """The toxics for the ``with`` block, cleared after it."""
+        self.set(*toxics)
+        try:
+            yield self
+        finally:
+            self.clear()
+
+    def stop(self) -> None:
+        """Terminate the proxy process (kill it if it lingers)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def __enter__(self) -> Proxy:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+# --- the menu -----------------------------------------------------------------
+
+Fault = Callable[[Any], dict[str, Any]]
+
+
+def _hold_s(stack: Any) -> float:
+    """A freeze long enough to trip every heartbeat timeout and the staleness."""
+    c = stack.cfg
+    return max(3 * c.gateway.heartbeat_ms, 3 * c.ordermanager.heartbeat_ms, c.book.stale_ms) / 1000 * 2 + 0.5
+
+
+def _kill_fault(program: str, sig: signal.Signals) -> Fault:
+    def run(stack: Any) -> dict[str, Any]:
+        pid = kill(stack, program, sig)
+        return {"fault": f"{sig.name.lower()}_{program}", "restarted": {program: pid}}
+    return run
+
+
+def _freeze_fault(program: str) -> Fault:
+    def run(stack: Any) -> dict[str, Any]:
+        pid = freeze(stack, program, _hold_s(stack))
+        return {"fault": f"freeze_{program}", "restarted": {}, "pid": pid}
+    return run
+
+
+def _segment_remove(stack: Any) -> dict[str, Any]:
+    remove_segment(stack)
+    return {"fault": "segment_remove", "restarted": {}}
+
+
+def _segment_torn(stack: Any) -> dict[str, Any]:
+    corrupt_segment(stack, "torn")
+    return {"fault": "segment_torn", "restarted": {}}
+
+
+PROGRAMS = ("auditor", "bootstrap", "gateway", "orderbook", "ordermanager", "strategy")
+
+# name -> fault(stack) -> {"fault", "restarted": {program: old pid}, …}; each
+# one the stack heals from by itself. Blocking ones (freeze) return after
+# the thaw.
+MENU: dict[str, Fault] = {
+    **{f"kill9_{p}": _kill_fault(p, signal.SIGKILL) for p in PROGRAMS},
+    **{f"sigterm_{p}": _kill_fault(p, signal.SIGTERM) for p in PROGRAMS if p != "auditor"},
+    **{f"freeze_{p}": _freeze_fault(p) for p in ("gateway", "orderbook", "ordermanager", "strategy")},
+    "segment_remove": _segment_remove,
+    "segment_torn": _segment_torn,
+}
+
+# Toxics a soak may put on a link for a while (see ``toxic_menu``).
+LINK_TOXICS: dict[str, dict[str, Any]] = {
+    "latency": toxic("latency", ms=150, jitter=50),
+    "bandwidth": toxic("bandwidth", rate=500),
+    "reset_peer": toxic("reset_peer", timeout=200),
+    "blackhole": toxic("blackhole"),
+    "slicer": toxic("slicer", average_size=3, size_variation=2),
+    "limit_data": toxic("limit_data", bytes=700),
+    "garbage": toxic("garbage", probability=0.2, size=8),
+}
+
+
+def toxic_menu(proxies: dict[str, Proxy], seconds: float = 2.0) -> dict[str, Fault]:
+    """Menu entries ``toxic_<kind>_<link>`` for the proxies on a stack's links:
+    each turns one toxic on for ``seconds``, then off."""
+    def entry(link: str, kind: str) -> Fault:
+        def run(stack: Any) -> dict[str, Any]:
+            with proxies[link].toxics(LINK_TOXICS[kind]):
+                time.sleep(seconds)
+            return {"fault": f"toxic_{kind}_{link}", "restarted": {}}
+        return run
+    return {f"toxic_{k}_{link}": entry(link, k) for link in proxies for k in LINK_TOXICS}
