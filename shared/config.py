@@ -8,8 +8,10 @@ error names the key it is about.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -35,6 +37,7 @@ class Gateway:
     heartbeat_ms: int = 250
     backlog_bytes: int = 4_194_304  # unsent bytes before a subscriber is dropped
     replay: str = ""  # CSV of symbol,price to replay instead of the random walk
+    token_file: str = ""  # subscription token: when set, a subscriber's first frame must carry it
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,41 @@ class Links:
 
 
 @dataclass(frozen=True)
+class Host:
+    """Which programs this host runs: a subset of the roles (default: all, one machine)."""
+
+    roles: tuple[str, ...] = ("market", "trader", "orders")
+
+
+@dataclass(frozen=True)
+class Tls:
+    """Order entry over TLS, both ends verified against the fleet's CA."""
+
+    enabled: bool = False
+    ca: str = ""  # the CA certificate (deploy/certs makes it)
+    cert: str = ""  # this host's certificate
+    key: str = ""  # its private key, mode 0600
+
+
+# Role -> the supervisord programs it brings; the auditor runs on every host.
+ROLES: dict[str, tuple[str, ...]] = {
+    "market": ("gateway",),
+    "trader": ("bootstrap", "orderbook", "strategy"),
+    "orders": ("ordermanager",),
+}
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and 127.0.0.0/8 or ::1; any other address or name is off loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole stack's config."""
 
@@ -102,6 +140,8 @@ class Config:
     strategy: Strategy = field(default_factory=Strategy)
     auditor: Auditor = field(default_factory=Auditor)
     links: Links = field(default_factory=Links)
+    host: Host = field(default_factory=Host)
+    tls: Tls = field(default_factory=Tls)
     path: str = ""  # the file it came from (not a key)
 
     def link(self, name: str) -> tuple[str, int]:
@@ -114,6 +154,13 @@ class Config:
             return self.ordermanager.host, self.ordermanager.port
         return self.gateway.host, self.gateway.price_port if name == "price" else self.gateway.news_port
 
+    def runs(self, program: str) -> bool:
+        """Whether this host runs the supervisord ``program`` (``strategy-<name>`` counts as trader)."""
+        if program == "auditor":
+            return True
+        base = "strategy" if program.startswith("strategy-") else program
+        return any(base in ROLES[r] for r in self.host.roles)
+
     def resolve(self, rel: str) -> Path:
         """A config path: relative ones are taken from the repository root."""
         p = Path(rel)
@@ -125,6 +172,10 @@ _PORTS = {"price_port", "news_port", "port"}
 
 def _check(section: str, key: str, value: Any, typ: Any) -> Any:
     name = f"{section}.{key}" if section else key
+    if typing.get_origin(typ) is tuple:  # a list of strings in TOML
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name}: expected a list of strings, got {value!r}")
+        return tuple(value)
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if typ is bool or isinstance(value, bool):
@@ -176,8 +227,30 @@ def _validate(cfg: Config) -> None:
         host, _, port = v.rpartition(":")
         if v and not (host and port.isdigit() and 1 <= int(port) <= 65535):
             raise ConfigError(f"links.{name}: expected 'host:port', got {v!r}")
+    _validate_hosts(cfg)
     if cfg.ordermanager.journal_sync not in ("write", "fsync"):
         raise ConfigError("ordermanager.journal_sync: must be 'write' or 'fsync'")
+
+
+def _validate_hosts(cfg: Config) -> None:
+    """Roles are known; off loopback needs TLS for order entry and a token for market data."""
+    for r in cfg.host.roles:
+        if r not in ROLES:
+            raise ConfigError(f"host.roles: unknown role {r!r}; known: {', '.join(ROLES)}")
+    if not cfg.host.roles:
+        raise ConfigError("host.roles: at least one role is needed")
+    t = cfg.tls
+    if t.enabled:
+        for key in ("ca", "cert", "key"):
+            if not getattr(t, key):
+                raise ConfigError(f"tls.{key}: needed when tls.enabled = true")
+    om, g = cfg.ordermanager, cfg.gateway
+    if not is_loopback(om.host) and not t.enabled:
+        raise ConfigError(f"ordermanager.host: {om.host} is off loopback; order entry there needs "
+                          "[tls] enabled = true with ca, cert and key (deploy/certs makes them)")
+    if not is_loopback(g.host) and not g.token_file:
+        raise ConfigError(f"gateway.host: {g.host} is off loopback; market data there needs "
+                          "gateway.token_file, the subscription token")
 
 
 def parse(raw: dict[str, Any], path: str = "") -> Config:

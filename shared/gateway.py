@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hmac
 import random
 import time
 import uuid
@@ -18,10 +19,11 @@ from typing import Any, Literal
 
 from shared import config as config_mod
 from shared.net import Conn, Loop, Server
-from shared.protocol import PROTO, Heartbeat, Hello, News, Price, append_frame, frame
+from shared.protocol import PROTO, Heartbeat, Hello, News, Price, Reject, Subscribe, append_frame, frame
 
 MAX_BATCH = 4096  # ticks made in one turn; a process frozen for long does not burst
 FAST_BATCH = 256  # ticks a turn at rate 0
+SUBSCRIBE_TIMEOUT_S = 2.0  # with a token required: time for a subscriber's first frame
 
 
 class RandomWalk:
@@ -107,6 +109,8 @@ class Gateway:
         for st, port in ((self.price, g.price_port), (self.news, g.news_port)):
             st.server = Server(self.loop, log, g.host, port, st.name, functools.partial(self._accept, st))
         self.next_housekeeping = 0.0
+        self.token = read_token(cfg, log)
+        self.waiting: dict[Conn, float] = {}  # accepted, no good subscribe frame yet -> since
 
     def _price(self, seq: int, out: bytearray) -> None:
         sym, px = self.walk()
@@ -120,7 +124,15 @@ class Gateway:
         append_frame(out, News(seq=seq, ts_ns=time.time_ns(), symbol=sym, sentiment=r.randint(0, 100)))
 
     def _accept(self, st: Stream, sock: Any, peer: str) -> None:
-        conn = Conn(self.loop, self.log, sock, peer, st.name, self._ignore, lambda c, r: self._closed(st, c, r))
+        conn = Conn(self.loop, self.log, sock, peer, st.name, functools.partial(self._on_message, st),
+                    lambda c, r: self._closed(st, c, r))
+        if self.token is None:
+            self._welcome(st, conn)
+        else:
+            self.waiting[conn] = time.monotonic()
+
+    def _welcome(self, st: Stream, conn: Conn) -> None:
+        """Hello, the snapshot on the price stream, then live frames."""
         hello = Hello(proto=PROTO, stream=st.name, session=self.session, symbols=list(self.cfg.symbols),
                       heartbeat_ms=self.cfg.gateway.heartbeat_ms, next_seq=st.seq + 1)
         out = bytearray(frame(hello))
@@ -130,12 +142,29 @@ class Gateway:
         conn.write(out)
         if not conn.closed:
             st.subs.add(conn)
-            self.log.info("connected", peer=peer, stream=st.name, next_seq=st.seq + 1)
+            self.log.info("connected", peer=conn.peer, stream=st.name, next_seq=st.seq + 1)
 
-    def _ignore(self, conn: Conn, msg: Any) -> None:
-        """Subscribers have nothing to say; bad frames are already logged."""
+    def _on_message(self, st: Stream, conn: Conn, msg: Any) -> None:
+        """Only a subscribe frame means anything, and only while one is awaited;
+        bad frames are already logged."""
+        if conn not in self.waiting:
+            return
+        if type(msg) is Subscribe and self.token is not None and hmac.compare_digest(msg.token.encode(), self.token):
+            del self.waiting[conn]
+            self._welcome(st, conn)
+        else:
+            self._refuse(conn, "bad subscription token" if type(msg) is Subscribe else "subscribe frame expected")
+
+    def _refuse(self, conn: Conn, detail: str) -> None:
+        self.waiting.pop(conn, None)
+        self.log.warning("subscription_refused", peer=conn.peer, stream=conn.stream, reason="unauthorized",
+                         detail=detail)
+        conn.write(frame(Reject(order_id=None, reason="unauthorized", detail=detail)))
+        conn.flush_blocking(time.monotonic() + 0.05)
+        conn.close("unauthorized")
 
     def _closed(self, st: Stream, conn: Conn, reason: str) -> None:
+        self.waiting.pop(conn, None)
         st.subs.discard(conn)
         self.log.warning("disconnected", peer=conn.peer, stream=st.name, reason=reason)
 
@@ -166,6 +195,9 @@ class Gateway:
                 for conn in list(st.subs):
                     if conn.quiet_for(now) >= self.hb_s:
                         conn.write(frame(Heartbeat(ts_ns=time.time_ns(), seq=st.seq)))
+            for conn, since in list(self.waiting.items()):
+                if now - since > SUBSCRIBE_TIMEOUT_S:
+                    self._refuse(conn, f"no subscribe frame in {SUBSCRIBE_TIMEOUT_S:g} s")
         self._publish(self.price, now)
         self._publish(self.news, now)
         wait = min(self.price.wait(now), self.news.wait(now), self.next_housekeeping - now)
@@ -175,7 +207,25 @@ class Gateway:
         for st in (self.price, self.news):
             assert st.server is not None
             st.server.close()
+        for conn in list(self.waiting):
+            conn.close("shutdown")
         for st in (self.price, self.news):
             for conn in list(st.subs):
                 conn.flush_blocking(deadline)
                 conn.close("shutdown")
+
+
+def read_token(cfg: config_mod.Config, log: Any) -> bytes | None:
+    """The market-data subscription token (``gateway.token_file``), or None when none is required."""
+    if not cfg.gateway.token_file:
+        return None
+    path = cfg.resolve(cfg.gateway.token_file)
+    try:
+        token = path.read_text().strip().encode()
+    except OSError as e:
+        log.error("token_unreadable", path=str(path), error=str(e))
+        raise SystemExit(2) from None
+    if not token:
+        log.error("token_unreadable", path=str(path), error="empty")
+        raise SystemExit(2)
+    return token

@@ -4,9 +4,12 @@ clients and heartbeats. Every daemon runs a single-threaded loop of these.
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 import selectors
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +18,9 @@ from shared.protocol import BadFrame, BadMessage, FrameDecoder
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 RECV_SIZE = 1 << 18
+# "Try again later": a plain socket's, and TLS's (a record not complete yet, or the handshake's turn).
+AGAIN = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+CONNECT_TIMEOUT_S = 1.0
 
 
 class Loop:
@@ -55,6 +61,8 @@ class Conn:
     ``on_close(conn, reason)`` runs exactly once.
     """
 
+    ready = True  # a TlsConn is not until its handshake is done
+
     def __init__(
         self,
         loop: Loop,
@@ -72,7 +80,7 @@ class Conn:
         self.decoder = FrameDecoder(decoder)
         self.recv_size = RECV_SIZE  # an owner that must stay fair between its peers reads less per turn
         self.out = bytearray()
-        self.last_rx = self.last_tx = time.monotonic()
+        self.last_rx = self.last_tx = self.opened = time.monotonic()
         self.closed = False
         self.state: Any = None  # the owner's per-connection data
         loop.add(sock, self._on_event)
@@ -86,7 +94,7 @@ class Conn:
     def _read(self) -> None:
         try:
             data = self.sock.recv(self.recv_size)
-        except (BlockingIOError, InterruptedError):
+        except AGAIN:
             return
         except OSError as e:
             self.close(f"error: {e.strerror or e}")
@@ -120,7 +128,7 @@ class Conn:
             return
         try:
             n = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
+        except AGAIN:
             n = 0
         except OSError as e:
             self.close(f"error: {e.strerror or e}")
@@ -133,7 +141,7 @@ class Conn:
     def _flush(self) -> None:
         try:
             n = self.sock.send(self.out)
-        except (BlockingIOError, InterruptedError):
+        except AGAIN:
             return
         except OSError as e:
             self.close(f"error: {e.strerror or e}")
@@ -175,9 +183,10 @@ class Server:
     """A listening socket; binds with retries so a held port heals itself."""
 
     def __init__(self, loop: Loop, log: Any, host: str, port: int, stream: str,
-                 on_accept: Callable[[socket.socket, str], None]) -> None:
+                 on_accept: Callable[[socket.socket, str], None], tls: ssl.SSLContext | None = None) -> None:
         self.loop, self.log, self.host, self.port, self.stream = loop, log, host, port, stream
         self.on_accept = on_accept
+        self.tls = tls  # accepted sockets are wrapped; shared.tls.connection makes their Conn
         self.sock: socket.socket | None = None
         self.retry = Retry(log, "bind_failed", "error", stream=stream, port=port)
 
@@ -198,7 +207,7 @@ class Server:
         s.setblocking(False)
         self.sock = s
         self.loop.add(s, self._on_event)
-        self.log.info("listening", stream=self.stream, host=self.host, port=self.port)
+        self.log.info("listening", stream=self.stream, host=self.host, port=self.port, tls=self.tls is not None)
 
     def _on_event(self, _mask: int) -> None:
         assert self.sock is not None
@@ -211,6 +220,8 @@ class Server:
                 self.log.error("accept_failed", stream=self.stream, error=e.strerror or str(e))
                 return
             tune(sock)
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             self.on_accept(sock, f"{addr[0]}:{addr[1]}")
 
     def close(self) -> None:
@@ -255,7 +266,11 @@ class Client:
     """A client connection that reconnects by itself, logging every attempt.
 
     The owner calls ``poll(now)`` every turn; ``on_connect(conn)`` runs on
-    every (re)connection, ``on_message`` as for ``Conn``.
+    every (re)connection, ``on_message`` as for ``Conn``. Connecting never
+    blocks the loop (a peer behind a downed link must not stall the others);
+    shared.tls.TlsClient adds a handshake before the link is up. A connection that
+    closes before anything was heard on it counts as a failed attempt: the
+    backoff goes on (a peer refusing us is not hammered).
     """
 
     def __init__(self, loop: Loop, log: Any, host: str, port: int, stream: str,
@@ -268,44 +283,99 @@ class Client:
         self.decoder = decoder
         self.cap_s = cap_s
         self.conn: Conn | None = None
+        self.connecting: socket.socket | None = None  # a connect in flight
+        self.connect_deadline = 0.0
         self.attempt = 0
         self.next_try = 0.0
         self.down_since: float | None = None  # set once a connection was lost
+        self.down_before: float | None = None  # down_since before the current connection came up
         self.enabled = True
 
     def poll(self, now: float) -> None:
-        """Connect when disconnected and the backoff allows."""
-        if self.conn is None and self.enabled and now >= self.next_try:
+        """Connect when disconnected and the backoff allows; give up a connect past its timeout."""
+        if self.connecting is not None:
+            if now > self.connect_deadline:
+                self._abandon(now, "timed out")
+        elif self.conn is None and self.enabled and now >= self.next_try:
             self._try(now)
 
     def _try(self, now: float) -> None:
         self.attempt += 1
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=1.0)
-        except OSError as e:
-            delay = backoff(self.attempt, cap=self.cap_s)
-            self.next_try = now + delay
-            self.log.warning("reconnect_attempt", peer=self.peer, stream=self.stream, attempt=self.attempt,
-                             delay_ms=round(delay * 1000), error=e.strerror or str(e))
+            err = sock.connect_ex((self.host, self.port))
+        except OSError as e:  # the name does not resolve, and the like
+            sock.close()
+            self._failed(now, e.strerror or str(e))
             return
+        if err == 0:
+            self._established(sock)
+        elif err in (errno.EINPROGRESS, errno.EAGAIN):
+            self.connecting, self.connect_deadline = sock, now + CONNECT_TIMEOUT_S
+            self.loop.add(sock, self._on_connect_event, WRITE)
+        else:
+            sock.close()
+            self._failed(now, os.strerror(err))
+
+    def _on_connect_event(self, _mask: int) -> None:
+        sock, self.connecting = self.connecting, None
+        assert sock is not None
+        self.loop.remove(sock)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            sock.close()
+            self._failed(time.monotonic(), os.strerror(err))
+        else:
+            self._established(sock)
+
+    def _abandon(self, now: float, error: str) -> None:
+        sock, self.connecting = self.connecting, None
+        if sock is not None:
+            self.loop.remove(sock)
+            sock.close()
+            self._failed(now, error)
+
+    def _failed(self, now: float, error: str) -> None:
+        delay = backoff(self.attempt, cap=self.cap_s)
+        self.next_try = now + delay
+        self.log.warning("reconnect_attempt", peer=self.peer, stream=self.stream, attempt=self.attempt,
+                         delay_ms=round(delay * 1000), error=error)
+
+    def _established(self, sock: socket.socket) -> None:
         tune(sock)
-        self.conn = Conn(self.loop, self.log, sock, self.peer, self.stream, self.on_message, self._closed, self.decoder)
+        self._up(Conn(self.loop, self.log, sock, self.peer, self.stream, self.on_message, self._closed, self.decoder))
+
+    def _up(self, conn: Conn) -> None:
+        self.conn = conn
         self.log.info("connected", peer=self.peer, stream=self.stream)
         if self.down_since is not None:
             self.log.info("reconnected", peer=self.peer, stream=self.stream, attempts=self.attempt,
                           down_ms=round((time.monotonic() - self.down_since) * 1000, 3))
-            self.down_since = None
-        self.attempt = 0
-        self.on_connect(self.conn)
+        self.down_before, self.down_since = self.down_since, None
+        self.on_connect(conn)
 
     def _closed(self, conn: Conn, reason: str) -> None:
         self.conn = None
         now = time.monotonic()
-        self.down_since = now
-        self.next_try = now  # the first retry is immediate, then the backoff
-        self.log.warning("disconnected", peer=self.peer, stream=self.stream, reason=reason)
-        if self.on_disconnect is not None:
-            self.on_disconnect(reason)
+        if not getattr(conn, "ready", True):  # the TLS handshake failed (logged as tls_refused)
+            self._failed(now, reason)
+        elif conn.last_rx > conn.opened:  # a good connection was lost
+            self.attempt = 0
+            self.down_since = self.next_try = now  # the first retry is immediate, then the backoff
+        else:  # up, but closed before a word: refused after connect, or the peer died at once
+            self.down_since = self.down_before if self.down_before is not None else now
+            self.next_try = now + backoff(self.attempt, cap=self.cap_s)
+        if getattr(conn, "ready", True):
+            self.log.warning("disconnected", peer=self.peer, stream=self.stream, reason=reason)
+            if self.on_disconnect is not None:
+                self.on_disconnect(reason)
+
+    def refuse(self, reason: str) -> None:
+        """The peer refused us (a reject): drop the link and keep backing off, do not hammer it."""
+        if self.conn is not None:
+            self.conn.opened = self.conn.last_rx  # nothing good was heard on it
+            self.conn.close(reason)
 
     def check_alive(self, now: float, timeout_s: float) -> None:
         """Close a connection that has been silent past ``timeout_s``."""
@@ -314,6 +384,10 @@ class Client:
 
     def close(self) -> None:
         self.enabled = False
+        if self.connecting is not None:
+            self.loop.remove(self.connecting)
+            self.connecting.close()
+            self.connecting = None
         if self.conn is not None:
             self.conn.close("shutdown")
 

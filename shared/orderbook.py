@@ -12,14 +12,15 @@ from typing import Any
 import msgspec
 
 from shared import config as config_mod
+from shared import tls
 from shared.book import CHECK_S, BookError, Segment, Writer, WriterConflict
 from shared.net import Client, Conn, Loop, Retry, Sequence
-from shared.protocol import BadMessage, Heartbeat, Hello, Message, Price
+from shared.protocol import BadMessage, Heartbeat, Hello, Message, Price, Reject
 
 STATS_S = 10.0  # how often the orderbook logs how many ticks it wrote (never per tick)
 
 
-_price_decoder = msgspec.json.Decoder(Price | Hello | Heartbeat)
+_price_decoder = msgspec.json.Decoder(Price | Hello | Heartbeat | Reject)
 
 
 class BookWriter:
@@ -77,6 +78,14 @@ class BookWriter:
 
     def _connected(self, conn: Conn) -> None:
         self.seq.reset()  # resynchronise: hello, then the snapshot
+        try:
+            sub = tls.subscribe_frame(self.cfg)
+        except OSError as e:
+            self.log.error("token_unreadable", path=self.cfg.gateway.token_file, error=str(e))
+            self.client.refuse("no_token")
+            return
+        if sub is not None:
+            conn.write(sub)
 
     def _on_message(self, conn: Conn, msg: Message | BadMessage) -> None:
         t = type(msg)
@@ -98,6 +107,11 @@ class BookWriter:
             self.seq.hello(h.session, h.next_seq, h.heartbeat_ms)
         elif t is Heartbeat:
             self.seq.heartbeat(msg.seq)  # type: ignore[union-attr]
+        elif t is Reject:
+            r: Reject = msg  # type: ignore[assignment]
+            self.log.warning("subscription_refused", peer=conn.peer, stream="price", reason=r.reason,
+                             detail=r.detail)
+            self.client.refuse(r.reason)
 
     def step(self) -> None:
         now = time.monotonic()
@@ -109,8 +123,11 @@ class BookWriter:
                 return
         assert self.writer is not None and self.seg is not None
         if now >= self.next_beat:
-            self.writer.heartbeat()
             self.next_beat = now + 0.02
+            # Beating only while the price link is up makes a lost feed a stale book: the
+            # strategy's kill switch (it never trades on prices it cannot know are current).
+            if self.client.conn is not None:
+                self.writer.heartbeat()
         if now >= self.next_check:
             self.next_check = now + CHECK_S
             if self.seg.replaced():

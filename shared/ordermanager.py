@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from shared import config as config_mod
-from shared import logs
+from shared import logs, tls
 from shared.journal import Entry, Journal
 from shared.net import Conn, Loop, Server
 from shared.protocol import PROTO, Ack, BadFrame, BadMessage, Heartbeat, Logon, LogonAck, Message, Order, Reject, frame
@@ -55,7 +55,12 @@ class OrderManager:
         self.symbols = set(cfg.symbols)
         self.max_qty = om.max_qty
         self.loop = Loop()
-        self.server = Server(self.loop, log, om.host, om.port, "orders", self._accept)
+        try:
+            ctx = tls.server_context(cfg)
+        except tls.TlsError as e:
+            log.error("tls_unusable", error=str(e))
+            raise SystemExit(2) from None
+        self.server = Server(self.loop, log, om.host, om.port, "orders", self._accept, tls=ctx)
         self.conns: set[Conn] = set()
         self.clients: dict[str, Conn] = {}
         self.acks: list[tuple[Conn, bytes]] = []
@@ -66,7 +71,7 @@ class OrderManager:
             sock.close()
             self.log.warning("disconnected", peer=peer, stream="orders", reason="too_many_clients")
             return
-        conn = Conn(self.loop, self.log, sock, peer, "orders", self._on_message, self._closed, _om_decoder)
+        conn = tls.connection(self.loop, self.log, sock, peer, "orders", self._on_message, self._closed, _om_decoder)
         conn.state = Session(time.monotonic())
         conn.recv_size = RECV_CHUNK
         self.conns.add(conn)

@@ -73,6 +73,14 @@ class Logon(_Msg, tag="logon", frozen=True):
     token: str
 
 
+class Subscribe(_Msg, tag="subscribe", frozen=True):
+    """A subscriber's optional first frame: the subscription token, which a
+    gateway off loopback requires before its hello (an addition to v1)."""
+
+    proto: int
+    token: str
+
+
 class Order(_Msg, tag="order", frozen=True):
     """An order; ``order_id`` is unique per client and stable across resends."""
 
@@ -116,7 +124,7 @@ class Reject(_Msg, tag="reject", frozen=True):
     detail: str
 
 
-Message = Hello | Price | News | Heartbeat | Logon | Order | LogonAck | Ack | Reject
+Message = Hello | Price | News | Heartbeat | Subscribe | Logon | Order | LogonAck | Ack | Reject
 
 
 class ProtocolError(Exception):

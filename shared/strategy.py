@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from shared import config as config_mod
+from shared import tls
 from shared.book import BookError, Segment
 from shared.net import Client, Conn, Loop, Retry, Sequence
 from shared.protocol import (
@@ -33,7 +34,7 @@ from shared.protocol import (
 )
 from shared.rule import RuleParams, decide
 
-_news_decoder = msgspec.json.Decoder(News | Hello | Heartbeat)
+_news_decoder = msgspec.json.Decoder(News | Hello | Heartbeat | Reject)
 _om_decoder = msgspec.json.Decoder(Ack | Reject | LogonAck | Heartbeat)
 
 
@@ -64,8 +65,14 @@ class Trader:
         g, om = cfg.gateway, cfg.ordermanager
         self.news = Client(self.loop, log, *cfg.link("news"), "news", self._news_connected, self._on_news,
                            decoder=_news_decoder)
-        self.om = Client(self.loop, log, *cfg.link("orders"), "orders", self._om_connected, self._on_om,
-                         self._om_down, decoder=_om_decoder)
+        try:
+            ctx = tls.client_context(cfg)
+        except tls.TlsError as e:
+            log.error("tls_unusable", error=str(e))
+            raise SystemExit(2) from None
+        om_args = (self.loop, log, *cfg.link("orders"), "orders", self._om_connected, self._on_om, self._om_down)
+        self.om = (Client(*om_args, decoder=_om_decoder) if ctx is None
+                   else tls.TlsClient(*om_args, decoder=_om_decoder, tls=ctx))
         self.seq = Sequence(log, "news", g.heartbeat_ms)
         self.om_hb_s = om.heartbeat_ms / 1000
         self.seg: Segment | None = None
@@ -131,6 +138,14 @@ class Trader:
 
     def _news_connected(self, conn: Conn) -> None:
         self.seq.reset()
+        try:
+            sub = tls.subscribe_frame(self.cfg)
+        except OSError as e:
+            self.log.error("token_unreadable", path=self.cfg.gateway.token_file, error=str(e))
+            self.news.refuse("no_token")
+            return
+        if sub is not None:
+            conn.write(sub)
 
     def _on_news(self, conn: Conn, msg: Message | BadMessage) -> None:
         t = type(msg)
@@ -143,6 +158,11 @@ class Trader:
             self.seq.hello(h.session, h.next_seq, h.heartbeat_ms)
         elif t is Heartbeat:
             self.seq.heartbeat(msg.seq)  # type: ignore[union-attr]
+        elif t is Reject:
+            r: Reject = msg  # type: ignore[assignment]
+            self.log.warning("subscription_refused", peer=conn.peer, stream="news", reason=r.reason,
+                             detail=r.detail)
+            self.news.refuse(r.reason)
 
     def position(self, symbol: str) -> int:
         """Acknowledged plus pending, signed."""
@@ -204,6 +224,8 @@ class Trader:
                 self.pending.pop(r.order_id, None)
                 self.resending.discard(r.order_id)
             self.log.warning("order_refused", order_id=r.order_id, reason=r.reason, detail=r.detail)
+            if r.reason == "unauthorized":
+                self.om.refuse(r.reason)  # back off rather than log on again at once
         elif t is LogonAck:
             la: LogonAck = msg  # type: ignore[assignment]
             self.logged_on = True

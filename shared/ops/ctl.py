@@ -1,6 +1,7 @@
 """Helpers behind deploy/up and deploy/down (``python -m shared.ops.ctl CMD``).
 
 prepare   check the config, make logs/ and the order-entry token (0600)
+render    print deploy/supervisord.conf with only this host's programs ([host] roles)
 wait      wait until every supervisord program is RUNNING, print the status
 cleanup   remove the segment named by the config
 """
@@ -8,6 +9,7 @@ cleanup   remove the segment named by the config
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import sys
 import time
@@ -38,6 +40,21 @@ def prepare(cfg: config.Config) -> None:
         print(f"created token file {tok} (mode 0600)")
 
 
+def render(cfg: config.Config, text: str, here: str) -> str:
+    """The supervisord config for this host: the programs of its roles (and the auditor), with
+    ``%(here)s`` made absolute so the file may live elsewhere (deploy/up writes it under /tmp)."""
+    out, keep = [], True
+    for line in text.splitlines(keepends=True):
+        m = re.match(r"\[(?:program|eventlistener):([^\]]+)\]", line)
+        if m:
+            keep = cfg.runs(m.group(1))
+        elif line.startswith("["):
+            keep = True
+        if keep:
+            out.append(line)
+    return "".join(out).replace("%(here)s", here)
+
+
 def wait_running(serverurl: str = SERVERURL, timeout: float = 60.0) -> bool:
     """Poll supervisord until every program is RUNNING; False on timeout or FATAL."""
     deadline = time.monotonic() + timeout
@@ -66,6 +83,9 @@ def main(argv: list[str]) -> int:
     cmd = argv[0] if argv else ""
     if cmd == "prepare":
         prepare(cfg)
+    elif cmd == "render":
+        deploy = config.ROOT / "deploy"
+        sys.stdout.write(render(cfg, (deploy / "supervisord.conf").read_text(), str(deploy)))
     elif cmd == "wait":
         return 0 if wait_running() else 1
     elif cmd == "cleanup":

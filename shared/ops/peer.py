@@ -5,6 +5,7 @@ order-entry client. Tests, the bench and the operator's tools use them.
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from typing import Any, Self
 
@@ -14,9 +15,11 @@ from shared.protocol import PROTO, FrameDecoder, Logon, LogonAck, Message, Order
 class Peer:
     """A blocking framed TCP connection."""
 
-    def __init__(self, host: str, port: int, timeout: float = 5.0) -> None:
+    def __init__(self, host: str, port: int, timeout: float = 5.0, tls: ssl.SSLContext | None = None) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:  # order entry off loopback: the handshake, blocking
+            self.sock = tls.wrap_socket(self.sock, server_hostname=host)
         self.decoder = FrameDecoder()
         self.inbox: list[Any] = []
 
