@@ -31,6 +31,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from shared.config import ROOT
 from shared.ops.harness import read_jsonl
+from shared.ops.invariants import ack_problems, journal_problems, strategy_problems
 
 NETS = {"mgmt": "10.231.0", "md": "10.231.1", "oe": "10.231.2"}  # /24 each, only inside our namespaces
 ROLE_NETS = {"market": ("md",), "trader": ("md", "oe"), "orders": ("oe",)}
@@ -124,7 +125,8 @@ class Host:
              "--", "sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.holder.stdout is not None
         if self.holder.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"{self.name}: the mount namespace failed: {self.holder.stderr.read()}")
+            err = self.holder.stderr.read() if self.holder.stderr else ""
+            raise RuntimeError(f"{self.name}: the mount namespace failed: {err}")
         self._sshd()
         self.cluster.wait_for(lambda: self.cluster.ctl("bash", "-c", f"exec 3<>/dev/tcp/{self.addr('mgmt')}/22",
                                                        check=False).returncode == 0,
@@ -340,3 +342,18 @@ class Cluster:
                    ANSIBLE_SSH_CONTROL_PATH_DIR=str(self.cp), LC_ALL="C.UTF-8")
         return self.ctl(str(ansible), "-i", str(self.dir / "inventory.ini"),
                         str(ROOT / "deploy" / "ansible" / "site.yml"), *args, timeout=timeout, env=env, check=check)
+
+
+def fleet_problems(orders: Host, traders: list[Host], qty: int) -> list[str]:
+    """The fault suite's invariants per host: the orders host's journal (no order_id twice,
+    order_no contiguous, each trader's position within ±qty), every ack a trader logged
+    journaled exactly once, and no trader order while its link was down or its book stale."""
+    journal = orders.journal()
+    problems = []
+    for t in traders:
+        acks = [(t.name, r["order_id"], r["order_no"]) for r in t.events("strategy", "order_acked")]
+        journal = orders.journal()  # after the acks: each ack follows its journal line
+        problems += [f"{t.name}: {p}" for p in journal_problems(journal, t.name, qty)]
+        problems += [f"{t.name}: {p}" for p in ack_problems(journal, acks)]
+        problems += [f"{t.name}: {p}" for p in strategy_problems(t.log("strategy"))]
+    return sorted(set(problems))
