@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from shared.ops import hostbench
 from shared.ops.hosts import Cluster, Host, fleet_problems, netns_pids, wheelhouse
 
 LAYOUT = {"md1": ("market",), "trader1": ("trader",), "trader2": ("trader",), "om1": ("orders",)}
@@ -98,6 +99,19 @@ def test_four_hosts_trade_each_running_only_its_roles(fleet: Cluster) -> None:
         r = subprocess.run([sys.executable, "-m", "shared.ops.audit", "--logs", str(h.project / "logs"), "--json"],
                            capture_output=True, text=True, timeout=60, check=True)
         assert set(json.loads(r.stdout)["programs"]) >= set(h.status()) - {"auditor"}, h.name
+
+
+def test_bench_hosts_measures_the_floor_and_the_stack_across_the_veths(fleet: Cluster) -> None:
+    """deploy/bench --hosts, small: the bare chain over the same hops, and a window of the stack."""
+    c = fleet
+    lat = hostbench.floor(c, c["md1"], c["trader1"], c["om1"], rate=100, count=200)
+    assert len(lat) == 200 and 0 < min(lat) and max(lat) < 5_000_000
+    row = hostbench.window(c, [c["trader1"], c["trader2"]], seconds=3)
+    assert row["hosts"] == 2 and row["orders"] > 0 and 0 < row["p50"] < 5_000_000
+    assert 0 < row["gateway_cpu_pct"] < 200
+    text = hostbench.report(lat, [row])
+    assert "tick-to-trade p99" in text and "| 2 |" in text
+    check(c)
 
 
 def test_partition_trader_from_orders_heals_with_nothing_lost_or_doubled(fleet: Cluster) -> None:
