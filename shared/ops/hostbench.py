@@ -32,7 +32,7 @@ from shared.ops.stats import percentile
 from shared.protocol import FrameDecoder, News, Order, frame
 
 PORT = 9100  # the floor's ports, inside the hosts' own namespaces
-RATES = {"price": 500, "news": 50}  # per second, as the gateway makes them
+RATES = {"price": 2000, "news": 200}  # per second, as the gateway makes them
 STRATEGY = {"bullish": 50, "bearish": 50, "short_window": 2, "long_window": 4, "qty": 10}
 
 
@@ -183,9 +183,10 @@ def report(floor_us: list[int], rows: list[dict[str, Any]]) -> str:
         out.append(f"| tick-to-trade p{q} (µs) | {one[f'p{q}']:,.0f} | {f:,.0f} | {one[f'p{q}'] / f:.2f}× |")
     out.append(f"| samples | {one['orders']:,} orders | {len(floor_us):,} frames | |")
     out += ["", "| trader hosts | orders | tick-to-trade p50 (µs) | p99 (µs) | gateway CPU (% of a core) "
-            "| frames out of the gateway (/s) |", "|---:|---:|---:|---:|---:|---:|"]
+            "| frames out of the gateway (/s) | gateway CPU per frame out (µs) |",
+            "|---:|---:|---:|---:|---:|---:|---:|"]
     out += [f"| {r['hosts']} | {r['orders']:,} | {r['p50']:,.0f} | {r['p99']:,.0f} | {r['gateway_cpu_pct']:.1f} "
-            f"| {r['frames_out_per_s']:,} |" for r in rows]
+            f"| {r['frames_out_per_s']:,} | {r['gateway_cpu_pct'] * 1e4 / r['frames_out_per_s']:.2f} |" for r in rows]
     return "\n".join(out) + "\n"
 
 
@@ -196,8 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     ap = argparse.ArgumentParser(prog="deploy/bench --hosts", description=__doc__.split("\n\n")[0])
     ap.add_argument("--max-hosts", type=int, default=8, help="trader hosts at most (1, 2, 4 ... up to it)")
-    ap.add_argument("--seconds", type=float, default=20.0, help="each measuring window")
-    ap.add_argument("--floor-n", type=int, default=1000, help="frames through the bare chain")
+    ap.add_argument("--seconds", type=float, default=15.0, help="each measuring window")
+    ap.add_argument("--floor-n", type=int, default=2000, help="frames through the bare chain")
     a = ap.parse_args(argv)
     steps = [n for n in (1, 2, 4, 8, 16) if n <= a.max_hosts]
     t0 = time.monotonic()
