@@ -165,7 +165,7 @@ def fleet(workdir: Path, traders: int) -> Cluster:
     try:
         wheelhouse(workdir / "wheels")
         c.inventory(tradestack_wheels=workdir / "wheels", tradestack_price_rate=RATES["price"],
-                    tradestack_news_rate=RATES["news"], tradestack_strategy=json.dumps(STRATEGY))
+                    tradestack_news_rate=RATES["news"], tradestack_strategy=STRATEGY)
         c.playbook(timeout=900)
     except BaseException:
         c.close()

@@ -15,6 +15,7 @@ down in ``close``, whatever happened.
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import shutil
 import signal
@@ -325,11 +326,13 @@ class Cluster:
             "ansible_ssh_common_args": f"'{opts}'", "ansible_python_interpreter": "/usr/bin/python3",
             "tradestack_dir": f"{DISK}/tradestack", "tradestack_python": "/usr/bin/python3",
             "tradestack_pki": str(self.dir / "pki"), "tradestack_bundle": str(self.dir / "tradestack.tar.gz"),
-            **{k: str(v) for k, v in extra.items()},
         }
         lines += ["[all:vars]", *(f"{k}={v}" for k, v in settings.items()), ""]
         path = self.dir / "inventory.ini"
         path.write_text("\n".join(lines))
+        # Typed values (numbers, a dict) beside it: an INI [all:vars] section holds only strings.
+        (self.dir / "group_vars").mkdir(exist_ok=True)
+        (self.dir / "group_vars" / "all.yml").write_text(json.dumps(extra, default=str, indent=1) + "\n")
         return path
 
     def playbook(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
