@@ -57,7 +57,7 @@ def change(journal: str, client_id: str, stop: bool, timeout: float) -> tuple[in
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m shared.ops.haltcmd {halt,resume} CLIENT_ID [--timeout S]``."""
-    ap = argparse.ArgumentParser(prog="deploy/halt", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="deploy/halt | deploy/resume", description=__doc__.split("\n\n")[0])
     ap.add_argument("action", choices=("halt", "resume"))
     ap.add_argument("client_id")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the ordermanager (10)")
