@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,12 @@ class Watcher:
 
 
 @pytest.fixture
-def logs() -> Iterator[list[dict[str, Any]]]:
+def logs() -> Iterator[list[MutableMapping[str, Any]]]:
     with capture_logs() as cap:
         yield cap
 
 
-def events(cap: list[dict[str, Any]], *names: str) -> list[tuple[str, Any]]:
+def events(cap: list[MutableMapping[str, Any]], *names: str) -> list[tuple[str, Any]]:
     return [(r["event"], r.get("client_id") or r.get("clients")) for r in cap if r["event"] in names]
 
 
@@ -53,7 +53,7 @@ HALTS = ("client_halted", "client_resumed", "halts_loaded")
 
 
 def test_halt_and_resume_are_applied_logged_and_survive_a_restart(tmp_path: Path,
-                                                                  logs: list[dict[str, Any]]) -> None:
+                                                                  logs: list[MutableMapping[str, Any]]) -> None:
     journal = tmp_path / "orders.jsonl"
     w = Watcher(journal)
     try:
@@ -84,7 +84,7 @@ def test_halt_and_resume_are_applied_logged_and_survive_a_restart(tmp_path: Path
 
 
 def test_a_change_while_the_ordermanager_is_down_is_applied_at_its_start(tmp_path: Path,
-                                                                         logs: list[dict[str, Any]]) -> None:
+                                                                         logs: list[MutableMapping[str, Any]]) -> None:
     journal = tmp_path / "orders.jsonl"
     Watcher(journal).close()  # it ran once: nobody halted
     code, text = haltcmd.change(str(journal), "gamma", True, timeout=0.3)
@@ -95,7 +95,7 @@ def test_a_change_while_the_ordermanager_is_down_is_applied_at_its_start(tmp_pat
     assert events(logs, *HALTS) == [("client_halted", "gamma"), ("halts_loaded", ["gamma"])]
 
 
-def test_a_bad_halt_file_keeps_what_was_in_force(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
+def test_a_bad_halt_file_keeps_what_was_in_force(tmp_path: Path, logs: list[MutableMapping[str, Any]]) -> None:
     """An edited, broken halt file: the ordermanager logs it and keeps its halts (at a start too);
     the command refuses to change it."""
     journal = tmp_path / "orders.jsonl"

@@ -8,7 +8,7 @@ import pytest
 
 from shared import config
 from shared.config import ConfigError, RiskLimits
-from shared.risk import Risk, RateWindow, notional_refusal, position_refusal
+from shared.risk import RateWindow, Risk, notional_refusal, position_refusal
 
 # (id, limits, qty, price, refused detail prefix or None)
 NOTIONAL = [
@@ -87,7 +87,8 @@ CHECKS = [
     ("default_position_short", "anyone", "MSFT", "SELL", 1, 1.0, -100, "max_position: MSFT position -100 would"),
     ("override_position", "tight", "AAPL", "BUY", 11, 1.0, 0, "max_position:"),
     ("override_position_passes", "tight", "AAPL", "SELL", 10, 1.0, 0, None),
-    ("override_notional", "tight", "AAPL", "BUY", 10, 50.1, 0, "max_notional: 10 x 50.1 = 501.00 is over the limit 500.5"),
+    ("override_notional", "tight", "AAPL", "BUY", 10, 50.1, 0,
+     "max_notional: 10 x 50.1 = 501.00 is over the limit 500.5"),
     ("notional_before_position", "tight", "AAPL", "BUY", 1000, 1.0, 0, "max_notional:"),
     ("override_keeps_other_defaults", "free rate", "AAPL", "BUY", 101, 1.0, 0, "max_position:"),
 ]

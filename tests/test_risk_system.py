@@ -63,7 +63,8 @@ def send(c: OrderClient, orders: list[tuple[str, int, float]], symbol: str = "AA
     ids = [f"o-{next(_ids)}" for _ in orders]
     now = time.time_ns()
     c.send_raw(b"".join(frame(Order(order_id=i, symbol=symbol, side=side, qty=qty, price=price,  # type: ignore[arg-type]
-                                    ts_ns=now, tick_ts_ns=now)) for i, (side, qty, price) in zip(ids, orders, strict=True)))
+                                    ts_ns=now, tick_ts_ns=now))
+                        for i, (side, qty, price) in zip(ids, orders, strict=True)))
     # A reject goes out at once, an ack after the turn's journal write: match them by order_id.
     answers = {a.order_id: a for a in (c.recv_type(Ack, Reject, timeout=10) for _ in orders)}
     assert set(answers) == set(ids)
