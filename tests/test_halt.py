@@ -22,16 +22,19 @@ class Watcher:
 
     def __init__(self, journal: Path) -> None:
         self.watch = halt.HaltWatch(str(journal), structlog.get_logger())
-        self.halted = self.watch.load()
+        self.loaded = self.watch.load()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
+    @property
+    def halted(self) -> frozenset[str]:
+        """What the watch applied (the ordermanager hands it to its risk checks in the same turn)."""
+        return self.watch.state.halted
+
     def _run(self) -> None:
         while not self.stop.is_set():
-            h = self.watch.poll(time.monotonic())
-            if h is not None:
-                self.halted = h
+            self.watch.poll(time.monotonic())
             time.sleep(0.01)
 
     def close(self) -> None:
