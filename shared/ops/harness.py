@@ -107,8 +107,9 @@ class Stack:
         """Start supervisord (it daemonizes) and wait for every program to run."""
         pidfile = self.run / "supervisord.pid"
         pidfile.unlink(missing_ok=True)  # a killed supervisord leaves its own
+        # Its start-up words ("Unlinking stale socket") go to stderr: a tool's stdout is its report.
         subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf)],
-                       env=self.env, check=True, cwd=self.dir)
+                       env=self.env, check=True, cwd=self.dir, stdout=2)
         deadline = time.monotonic() + timeout
         while not (text := pidfile.read_text().strip() if pidfile.exists() else ""):
             if time.monotonic() > deadline:
