@@ -76,14 +76,15 @@ class Parent:
 
 
 class Stop:
-    """Records SIGTERM/SIGINT; the second one exits at once, unless the
+    """Records SIGTERM/SIGINT/SIGHUP; the second one exits at once, unless the
     supervisor is gone (the kernel's SIGTERM, then ``deploy/up``'s, must not
     cut the drain short)."""
 
     def __init__(self, parent: Parent | None = None) -> None:
         self.reason: str | None = None
         self.parent = parent
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP too: the kernel sends it (then SIGCONT) to a frozen daemon whose supervisord dies.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:

@@ -90,7 +90,7 @@ class Daemon:
         return f"{self.program} pid {self.pid} (parent {self.ppid}, config {self.config or '?'})"
 
 
-def _stat(pid: int) -> tuple[str, int, int] | None:
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
     """(state, ppid, starttime) of a process, or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -135,7 +135,7 @@ def daemons(root: Path = config.ROOT, config_path: str | os.PathLike[str] | None
             continue
         pid = int(d.name)
         script = _script(pid, daemons_dir)
-        st = _stat(pid)
+        st = proc_stat(pid)
         if script is None or st is None or st[0] in "ZX":
             continue
         env = _environ(pid)
@@ -153,7 +153,7 @@ def orphans(root: Path = config.ROOT, config_path: str | os.PathLike[str] | None
 
 def alive(d: Daemon) -> bool:
     """The same process still runs (not exited, not a zombie, pid not reused)."""
-    st = _stat(d.pid)
+    st = proc_stat(d.pid)
     return st is not None and st[0] not in "ZX" and st[2] == d.start
 
 
