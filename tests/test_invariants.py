@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from shared.ops import faults
+from shared.ops import proxy
 from shared.ops.invariants import ack_problems, journal_problems, restart_problems, strategy_problems
 
 
@@ -86,11 +86,11 @@ def test_strategy_problems(log: list[dict[str, Any]], problem: str | None) -> No
     ("limit_data", {"type": "limit_data", "stream": "both", "bytes": 1000}),
 ])
 def test_parse_toxic(spec: str, want: dict[str, Any]) -> None:
-    assert faults.parse_toxic(spec) == want
+    assert proxy.parse_toxic(spec) == want
 
 
 @pytest.mark.parametrize("spec", ["nope", "latency:ms", "latency:ms=-1", "latency:bogus=1", "slicer:stream=sideways",
                                   "bandwidth:rate=0"])
 def test_parse_toxic_refuses(spec: str) -> None:
-    with pytest.raises((faults.FaultError, ValueError)):
-        faults.parse_toxic(spec)
+    with pytest.raises(proxy.ToxicError):
+        proxy.parse_toxic(spec)
