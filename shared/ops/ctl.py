@@ -203,7 +203,7 @@ def sweep(root: Path = config.ROOT, config_path: str | os.PathLike[str] | None =
     found = orphans(root, config_path)
     if found:
         out(f"found {len(found)} program(s) of {root} running without supervisord "
-            "(a supervisord that died); stopping them before starting afresh:")
+            "(a supervisord that died); stopping them in order:")
         stop(found, out, term_wait_s)
     return found
 
