@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from shared import book, config
+from shared import config
 from shared.ops import ctl, faults
 from shared.ops.harness import PROGRAMS, Stack
 from shared.ops.invariants import healed
@@ -249,7 +249,7 @@ def test_a_daemon_started_by_a_supervisord_already_gone_stops_at_once(tmp_path: 
         assert recs[0]["event"] == "started" and recs[0]["pdeathsig"] is True
         assert recs[-2]["reason"] == "supervisor_gone"
     finally:
-        book.unlink(stack.segment)
+        stack.stop()  # never started: removes its segment and run directory
 
 
 def test_a_daemon_whose_parent_dies_stops_in_order(tmp_path: Path) -> None:
@@ -267,4 +267,4 @@ def test_a_daemon_whose_parent_dies_stops_in_order(tmp_path: Path) -> None:
         assert stopping[0]["parent"] == sh.pid
         faults.wait_dead(pid)
     finally:
-        book.unlink(stack.segment)
+        stack.stop()
