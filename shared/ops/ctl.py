@@ -114,14 +114,14 @@ def _script(pid: int, daemons_dir: str) -> str | None:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-        cwd = os.readlink(f"/proc/{pid}/cwd")
+        scripts = [a for a in argv[1:] if a.endswith(".py")]
+        cwd = os.readlink(f"/proc/{pid}/cwd") if scripts else ""
     except OSError:
         return None
-    for arg in argv[1:]:
-        if arg.endswith(".py"):
-            path = os.path.realpath(os.path.join(cwd, arg))
-            if os.path.dirname(path) == daemons_dir:
-                return os.path.basename(path)[:-3]
+    for arg in scripts:
+        path = os.path.realpath(os.path.join(cwd, arg))
+        if os.path.dirname(path) == daemons_dir:
+            return os.path.basename(path)[:-3]
     return None
 
 
