@@ -272,11 +272,16 @@ class Client:
         self.next_try = 0.0
         self.down_since: float | None = None  # set once a connection was lost
         self.enabled = True
+        self.hold_until = 0.0  # the owner's own backoff (a refused logon)
 
     def poll(self, now: float) -> None:
         """Connect when disconnected and the backoff allows."""
-        if self.conn is None and self.enabled and now >= self.next_try:
+        if self.conn is None and self.enabled and now >= self.next_try and now >= self.hold_until:
             self._try(now)
+
+    def hold_off(self, seconds: float) -> None:
+        """Make no new connection for ``seconds`` (the peer refused us)."""
+        self.hold_until = time.monotonic() + seconds
 
     def _try(self, now: float) -> None:
         self.attempt += 1

@@ -18,6 +18,7 @@ from shared import logs
 from shared.halt import HaltWatch
 from shared.journal import Entry, Journal
 from shared.net import Conn, Loop, Server
+from shared.owners import Owners, taken_over
 from shared.protocol import PROTO, Ack, BadFrame, BadMessage, Heartbeat, Logon, LogonAck, Message, Order, Reject, frame
 from shared.risk import Risk
 
@@ -63,6 +64,7 @@ class OrderManager:
         self.server = Server(self.loop, log, om.host, om.port, "orders", self._accept)
         self.conns: set[Conn] = set()
         self.clients: dict[str, Conn] = {}
+        self.owners = Owners()
         self.acks: list[tuple[Conn, bytes]] = []
         self.next_housekeeping = 0.0
 
@@ -119,16 +121,23 @@ class OrderManager:
         if not hmac.compare_digest(msg.token.encode(), self.token):
             self._reject(conn, None, "unauthorized", f"bad token for {msg.client_id}", close=True)
             return
+        verdict = self.owners.logon(msg.client_id, msg.instance)
+        if verdict == "refuse":
+            self._reject(conn, None, "unauthorized", taken_over(msg.client_id), close=True)
+            return
+        if verdict == "take_over":
+            self.log.warning("client_taken_over", peer=conn.peer, client_id=msg.client_id, instance=msg.instance)
         old = self.clients.get(msg.client_id)
         if old is not None:
-            old.close("replaced_by_new_logon")
+            old.close("taken_over" if verdict == "take_over" else "replaced_by_new_logon")
         st.client_id = msg.client_id
         self.clients[msg.client_id] = conn
         positions = {s: q for s, q in self.journal.positions.get(msg.client_id, {}).items() if q}
         last = self.journal.last_id.get(msg.client_id)
         conn.write(frame(LogonAck(session=self.session, heartbeat_ms=self.cfg.ordermanager.heartbeat_ms,
                                   positions=positions, last_order_id=last)))
-        self.log.info("logon", peer=conn.peer, client_id=msg.client_id, positions=positions, last_order_id=last)
+        self.log.info("logon", peer=conn.peer, client_id=msg.client_id, instance=msg.instance, positions=positions,
+                      last_order_id=last)
 
     def _order(self, conn: Conn, cid: str, o: Order) -> None:
         recv_ns = time.time_ns()
