@@ -15,9 +15,11 @@ import msgspec
 
 from shared import config as config_mod
 from shared import logs
+from shared.halt import HaltWatch
 from shared.journal import Entry, Journal
 from shared.net import Conn, Loop, Server
 from shared.protocol import PROTO, Ack, BadFrame, BadMessage, Heartbeat, Logon, LogonAck, Message, Order, Reject, frame
+from shared.risk import Risk
 
 
 class Session:
@@ -50,6 +52,9 @@ class OrderManager:
             log.error("token_unreadable", path=str(token_path), error=str(e))
             raise SystemExit(2) from None
         self.journal = Journal(str(cfg.resolve(om.journal)), om.journal_sync, log)
+        self.risk = Risk(cfg.risk)
+        self.halts = HaltWatch(str(cfg.resolve(om.journal)), log)
+        self.risk.halted = self.halts.load()
         self.session = uuid.uuid4().hex[:16]
         self.hb_s = om.heartbeat_ms / 1000
         self.symbols = set(cfg.symbols)
@@ -138,6 +143,10 @@ class OrderManager:
         if o.qty > self.max_qty:
             self._reject(conn, o.order_id, "risk", f"qty {o.qty} over the limit {self.max_qty}")
             return
+        refusal = self._pre_trade(cid, o)
+        if refusal is not None:
+            self._reject(conn, o.order_id, "risk", refusal)
+            return
         no = self.journal.last_no + 1
         self.journal.stage(Entry(no, o.order_id, cid, o.symbol, o.side, o.qty, o.price, o.ts_ns, o.tick_ts_ns,
                                  recv_ns))
@@ -145,6 +154,17 @@ class OrderManager:
         logs.hot("order_received", order_no=no, order_id=o.order_id, client_id=cid, symbol=o.symbol,
                  side=o.side, qty=o.qty, price=o.price, latency_us=(recv_ns - o.tick_ts_ns) // 1000,
                  msg=f"Received Order {no}: {o.side} {o.qty} {o.symbol} @ {o.price:.2f}")
+
+    def _pre_trade(self, cid: str, o: Order) -> str | None:
+        """The client's halt and risk limits (shared.risk): None, or why the order is refused."""
+        position = self.journal.positions.get(cid, {}).get(o.symbol, 0)
+        return self.risk.check(cid, o.symbol, o.side, o.qty, o.price, position, time.monotonic())
+
+    def _poll_halts(self, now: float) -> None:
+        """Apply the halt file when deploy/halt or deploy/resume changed it (a stat every 100 ms)."""
+        halted = self.halts.poll(now)
+        if halted is not None:
+            self.risk.halted = halted
 
     def _commit(self) -> None:
         """Group commit: journal first, then the log lines, then the acks."""
@@ -167,6 +187,7 @@ class OrderManager:
         if now >= self.next_housekeeping:
             self.next_housekeeping = now + min(0.05, self.hb_s / 4)
             self.server.poll(now)
+            self._poll_halts(now)
             logon_timeout = self.cfg.ordermanager.logon_timeout_ms / 1000
             for conn in list(self.conns):
                 st: Session = conn.state
