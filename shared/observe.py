@@ -110,7 +110,6 @@ class Program:
     cpu_s: float | None  # CPU seconds used by the current process
     cpu_pct: float | None  # over the last poll interval
     last_exit: str  # "" when it never exited under this supervisord
-    exitstatus: int
 
 
 @dataclass
@@ -248,12 +247,12 @@ class Watcher:
                 self.cpu[p] = (now, cpu)
             up = float(i["now"] - i["start"]) if i["statename"] == "RUNNING" and i["start"] else None
             exit_s = ""
-            if i["stop"] and i["stop"] >= self.sup_start - 1:
-                how = f"exit {i['exitstatus']}" if i["exitstatus"] != -1 else "killed by a signal"
-                exit_s = f"{time.strftime('%H:%M:%S', time.localtime(i['stop']))} {how}"
+            gone = self.activity.last_exit(i["name"], self.sup_start)
+            if gone is not None:
+                how = ", not expected" if gone[2] is False else ""
+                exit_s = f"{time.strftime('%H:%M:%S', time.localtime(gone[0]))} {gone[1]}{how}"
             restarts = self.activity.restarts(i["name"], self.sup_start)
-            out.append(Program(i["name"], i["statename"], p, up, restarts, rss, cpu, pct, exit_s,
-                               int(i["exitstatus"])))
+            out.append(Program(i["name"], i["statename"], p, up, restarts, rss, cpu, pct, exit_s))
         self.cpu = {k: v for k, v in self.cpu.items() if k in seen}
         return out
 

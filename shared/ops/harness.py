@@ -26,7 +26,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from shared import book, config
 
-PROGRAMS = ("auditor", "bootstrap", "gateway", "orderbook", "ordermanager", "strategy")
+PROGRAMS = ("auditor", "bootstrap", "gateway", "metrics", "orderbook", "ordermanager", "strategy")
 
 
 def free_port() -> int:
@@ -78,6 +78,7 @@ class Stack:
                                    journal=str(self.logs / "orders.jsonl"))
         doc["book"]["segment"] = self.segment
         doc["auditor"] = {"log": str(self.logs / "audit.log")}
+        doc["metrics"] = {"host": "127.0.0.1", "port": free_port()}
         for section, values in (overrides or {}).items():
             if isinstance(values, dict):
                 doc.setdefault(section, {}).update(values)
