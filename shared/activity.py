@@ -173,7 +173,7 @@ class Activity:
             for c in self.clients.values():
                 if c.program == source:
                     c.pending.clear()
-        if ev in NOTABLE or level in ("warning", "error", "critical"):
+        if (ev in NOTABLE or level in ("warning", "error", "critical")) and (self.backlog or not history):
             self.events.append((source, r))
         if history:
             return
@@ -224,7 +224,7 @@ class Activity:
             for line in tail.read():
                 r = parse(line)
                 if r is not None:
-                    self._record(name, r, history and name != AUDIT)
+                    self._record(name, r, history)
         self._entries(self._journal_tail)
         self.first = False
         cut = time.time() - WINDOW_S

@@ -249,7 +249,7 @@ class Watcher:
             exit_s = ""
             gone = self.activity.last_exit(i["name"], self.sup_start)
             if gone is not None:
-                how = ", not expected" if gone[2] is False else ""
+                how = " unexpectedly" if gone[2] is False else ""
                 exit_s = f"{time.strftime('%H:%M:%S', time.localtime(gone[0]))} {gone[1]}{how}"
             restarts = self.activity.restarts(i["name"], self.sup_start)
             out.append(Program(i["name"], i["statename"], p, up, restarts, rss, cpu, pct, exit_s))

@@ -118,12 +118,13 @@ class Top(App[None]):
     #book-box { width: 1fr; min-width: 40; height: auto; }
     #flow-box { width: 1fr; height: auto; }
     #events { height: 1fr; }
-    #status { height: 1; }
+    #status, #header { height: 1; }
     Choose, Confirm, Help { align: center middle; }
     #dialog { width: auto; max-width: 90%; height: auto; max-height: 90%; border: round $accent;
               background: $surface; padding: 0 1; }
     #dialog OptionList { height: auto; max-height: 18; width: 40; }
     .dialog-title { text-style: bold; }
+    #dialog > Static { width: auto; max-width: 90; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("r", "restart", "restart"), Binding("h", "halt", "halt/resume"), Binding("f", "fault", "fault"),

@@ -57,7 +57,7 @@ def programs(rows: list[Program] | str, f: Fmt) -> Table | Text:
     if isinstance(rows, str):
         return Text(rows, style="bold red")
     t = _table(("program", 16, "left"), ("state", 8, "left"), ("pid", 7, "right"), ("uptime", 8, "right"),
-               ("rst", 3, "right"), ("RSS MB", 6, "right"), ("CPU%", 5, "right"), ("last exit", 26, "left"))
+               ("rst", 3, "right"), ("RSS MB", 6, "right"), ("CPU%", 5, "right"), ("last exit", 28, "left"))
     for p in rows:
         t.add_row(p.name, Text(p.state, style=STATE_STYLE.get(p.state, "")), f.v(str(p.pid)) if p.pid else "-",
                   f.dur(p.uptime_s), str(p.restarts),
@@ -161,8 +161,8 @@ def describe(source: str, r: dict[str, Any]) -> tuple[str, str] | None:
         name, to = g("process"), g("to_state")
         how = " unexpectedly" if g("expected") is False else ""
         if to == "RUNNING" and "_down_s" in r:
-            return f"{name} {r['_left']}{how if r.get('_expected') is False else ''}, RUNNING again after " \
-                   f"{r['_down_s']:.1f} s", "green"
+            how = " unexpectedly" if r.get("_expected") is False else ""
+            return f"{name} {r['_left']}{how}, RUNNING again after {r['_down_s']:.1f} s", "green"
         if to in ("STARTING", "STOPPING"):
             return None
         return f"{name} {to}{how}" + (f" (pid {g('pid')})" if g("pid") else ""), \
@@ -220,5 +220,7 @@ def events(a: Activity, height: int, f: Fmt, width: int = 200) -> Text:
 def header(v: View, config_path: str, f: Fmt) -> Text:
     """The top line: the stack, the time, and the worst news."""
     sup = "no supervisor" if isinstance(v.programs, str) else f"{len(v.programs)} programs"
-    return Text.assemble(("tradestack ", "bold"), f"{config_path}  ", (sup, "bold"),
-                         f"  {f.v(time.strftime('%H:%M:%S', time.localtime(v.at)))}")
+    t = Text.assemble(("tradestack ", "bold"), (sup, "bold"), f"  {f.v(time.strftime('%H:%M:%S', time.localtime(v.at)))}",
+                      f"  {f.v(config_path)}")
+    t.no_wrap, t.overflow = True, "ellipsis"
+    return t
