@@ -124,7 +124,8 @@ class Stack:
         """Wait until the servers listen and the book is fresh: RUNNING only
         means a program stayed up for ``startsecs``."""
         def ready() -> bool:
-            if len(self.events("gateway", "listening")) < 2 or not self.events("ordermanager", "listening"):
+            if (len(self.events("gateway", "listening")) < 2 or not self.events("ordermanager", "listening")
+                    or not self.events("metrics", "listening")):
                 return False
             try:
                 seg = book.Segment.attach(self.segment)
