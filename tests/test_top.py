@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.widgets import Static
 
 from shared import config
 from shared.ops.harness import Stack
 from shared.ops.top import Top
-from textual.widgets import Static
 
 QUIET = {"gateway": {"seed": 42, "news_rate": 5}, "strategy": {"bullish": 100, "bearish": 0}}  # never trades
 TRADING = {"gateway": {"seed": 42, "news_rate": 20}}
@@ -229,7 +229,8 @@ def test_stack_top_in_tmux_shows_a_killed_program_leave_and_come_back(tmp_path: 
         old = s.pids()["orderbook"]
         cmd = f"STACK_CONFIG={s.config_path} {stack_top} --serverurl {s.serverurl} --refresh 0.2"
         try:
-            subprocess.run(["tmux", "-L", sock, "new-session", "-d", "-x", "100", "-y", "30", cmd], check=True, env=TERMINAL_ENV)
+            subprocess.run(["tmux", "-L", sock, "new-session", "-d", "-x", "100", "-y", "30", cmd], check=True,
+                           env=TERMINAL_ENV)
             _wait_pane(sock, lambda sc: f"RUNNING {old}" in " ".join(_line(sc, "orderbook").split()))
             subprocess.run(["tmux", "-L", sock, "send-keys", "f"], check=True)
             _wait_pane(sock, lambda sc: "Inject which fault?" in sc)

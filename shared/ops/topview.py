@@ -220,7 +220,7 @@ def events(a: Activity, height: int, f: Fmt, width: int = 200) -> Text:
 def header(v: View, config_path: str, f: Fmt) -> Text:
     """The top line: the stack, the time, and the worst news."""
     sup = "no supervisor" if isinstance(v.programs, str) else f"{len(v.programs)} programs"
-    t = Text.assemble(("tradestack ", "bold"), (sup, "bold"), f"  {f.v(time.strftime('%H:%M:%S', time.localtime(v.at)))}",
-                      f"  {f.v(config_path)}")
+    now = f.v(time.strftime("%H:%M:%S", time.localtime(v.at)))
+    t = Text.assemble(("tradestack ", "bold"), (sup, "bold"), f"  {now}", f"  {f.v(config_path)}")
     t.no_wrap, t.overflow = True, "ellipsis"
     return t
