@@ -214,6 +214,7 @@ class Watcher:
         self.cpu: dict[int, tuple[float, float]] = {}  # pid -> (monotonic, cpu seconds) at the last poll
         self.sup_pid: int | None = None
         self.sup_start = 0.0
+        self.sup_checked = 0.0
 
     def log_files(self, infos: list[dict[str, Any]]) -> dict[str, Path]:
         """Program -> its JSON log (stdout, or stderr for the event listener)."""
@@ -227,7 +228,10 @@ class Watcher:
         return out
 
     def _programs(self, infos: list[dict[str, Any]], now: float) -> list[Program]:
-        pid = self.supervisor.pid()
+        if now - self.sup_checked < 5.0 and self.sup_pid:
+            pid = self.sup_pid  # supervisord's pid and start change only when it restarts: looked up every 5 s
+        else:
+            pid, self.sup_checked = self.supervisor.pid(), now
         if pid != self.sup_pid:
             self.sup_pid = pid
             usage = proc_usage(pid) if pid else None
