@@ -40,7 +40,7 @@ def _until(sock: str, cond: object, timeout: float = 30.0) -> float:
     raise TimeoutError("the pane never showed it")
 
 
-def measure(seconds: float, program: str, refresh: float = 0.25) -> dict[str, float]:
+def measure(seconds: float, program: str, refresh: float = 0.33) -> dict[str, float]:
     """CPU % of a core and peak RSS MB of stack-top over ``seconds``; seconds to show ``program`` leave and return."""
     import os
 
@@ -50,7 +50,8 @@ def measure(seconds: float, program: str, refresh: float = 0.25) -> dict[str, fl
     with Stack(Path(tempfile.mkdtemp(prefix="tstop")) / "stack") as s:
         try:
             subprocess.run(["tmux", "-L", sock, "new-session", "-d", "-x", "100", "-y", "30",
-                            f"STACK_CONFIG={s.config_path} exec {top} --serverurl {s.serverurl} --refresh {refresh}"], check=True, env=env)
+                            f"STACK_CONFIG={s.config_path} exec {top} --serverurl {s.serverurl} --refresh {refresh}"],
+                           check=True, env=env)
             pid = int(subprocess.run(["tmux", "-L", sock, "list-panes", "-F", "#{pane_pid}"], capture_output=True,
                                      text=True, check=True).stdout.split()[0])
             _until(sock, lambda sc: "RUNNING" in _row(sc, "strategy"))
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m shared.ops.topmeasure", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=60.0, help="how long to sample CPU and RSS (60)")
     ap.add_argument("--program", default="gateway", help="the program to kill -9 (gateway)")
-X
+    ap.add_argument("--refresh", type=float, default=0.33, help="stack-top's --refresh (0.33, its default)")
     args = ap.parse_args(argv)
     r = measure(args.seconds, args.program, args.refresh)
     print(f"stack-top CPU {r['cpu_pct']:.1f} % of a core, peak RSS {r['rss_mb']:.1f} MB over {args.seconds:g} s; "
