@@ -228,6 +228,7 @@ class Watcher:
         return out
 
     def _programs(self, infos: list[dict[str, Any]], now: float) -> list[Program]:
+        pid: int | None
         if now - self.sup_checked < 5.0 and self.sup_pid:
             pid = self.sup_pid  # supervisord's pid and start change only when it restarts: looked up every 5 s
         else:
