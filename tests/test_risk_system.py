@@ -121,11 +121,15 @@ def test_halt_survives_a_restart_and_resume_trades_again(stack: Stack) -> None:
     cid = "r-halt"
     c = logged_on(stack, cid)
     try:
-        assert outcome(send(c, [("BUY", 1, 60.0)])[0]) == "ack"
+        first = send(c, [("BUY", 1, 60.0)])[0]
+        assert outcome(first) == "ack"
         r = run(str(ROOT / "deploy" / "halt"), cid, stack=stack)
         assert r.returncode == 0 and r.stdout.startswith(f"halted {cid}: the ordermanager"), r
         got = outcome(send(c, [("BUY", 1, 60.0)])[0])
         assert got.startswith(f"risk: halted: order entry of {cid} is stopped"), got
+        c.order(first.order_id, "AAPL", "BUY", 1, 60.0)  # a resend of what was acked before: acked again
+        dup = c.recv_type(Ack, Reject, timeout=10)
+        assert isinstance(dup, Ack) and dup.duplicate and dup.order_no == first.order_no, dup
         with logged_on(stack, "r-bystander") as other:
             assert outcome(send(other, [("BUY", 1, 60.0)])[0]) == "ack"
     finally:

@@ -29,7 +29,6 @@ from typing import IO, Any
 
 import orjson
 
-from shared import config
 from shared.config import ROOT
 from shared.ops import pnlaudit
 from shared.ops.stats import percentile
@@ -408,14 +407,6 @@ def follow(logs_dir: Path, write: Callable[[str], None], stop: Callable[[], bool
 # --- the command --------------------------------------------------------------
 
 
-def _config_segment() -> str | None:
-    """The book segment of the config in force (None if it does not load)."""
-    try:
-        return config.load().book.segment
-    except config.ConfigError:
-        return None
-
-
 def main(argv: list[str] | None = None) -> int:
     """``stack-audit [--logs DIR] [--journal FILE] [--json | --follow]``."""
     ap = argparse.ArgumentParser(prog="stack-audit", description="What happened to the stack, from its logs.")
@@ -434,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             follow(args.logs, lambda s: print(s, flush=True))
             return 0
         journal = args.journal or args.logs / JOURNAL
-        marks = pnlaudit.marks(args.segment or _config_segment())
+        marks = pnlaudit.marks(args.segment or pnlaudit.config_segment())
         summary = {"logs": str(args.logs.resolve()),
                    **summarize(*load(args.logs, journal), marks, pnlaudit.halt_file(journal))}
         print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() if args.json else render(summary))

@@ -71,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"deploy/{args.action}: client_id {args.client_id!r} is not 1..128 printable ASCII characters",
               file=sys.stderr)
         return 2
-    code, text = change(str(cfg.resolve(cfg.ordermanager.journal)), args.client_id, args.action == "halt",
-                        args.timeout)
+    try:
+        code, text = change(str(cfg.resolve(cfg.ordermanager.journal)), args.client_id, args.action == "halt",
+                            args.timeout)
+    except OSError as e:  # the logs directory unwritable, the disk full
+        code, text = 2, f"deploy/{args.action} {args.client_id}: {e}"
     print(text, file=sys.stderr if code else sys.stdout)
     return code
 

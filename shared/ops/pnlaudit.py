@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from shared import book, halt, pnl
+from shared import book, config, halt, pnl
 
 Record = dict[str, Any]
 
@@ -41,6 +41,14 @@ def read_journal(path: Path) -> list[Record]:
 def halt_file(journal: Path) -> Path:
     """The halt file beside a journal (shared.halt)."""
     return Path(str(journal) + halt.SUFFIX)
+
+
+def config_segment() -> str | None:
+    """The book segment of the config in force (None if it does not load)."""
+    try:
+        return config.load().book.segment
+    except config.ConfigError:
+        return None
 
 
 def marks(segment: str | None) -> dict[str, float]:
