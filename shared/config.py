@@ -93,6 +93,14 @@ class Links:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    """``[metrics]``: where the metrics program serves Prometheus text at GET /metrics (contract §8)."""
+
+    host: str = "127.0.0.1"
+    port: int = 9108
+
+
+@dataclass(frozen=True)
 class RiskLimits:
     """One client's pre-trade limits at the ordermanager; 0 = no limit."""
 
@@ -126,6 +134,7 @@ class Config:
     auditor: Auditor = field(default_factory=Auditor)
     links: Links = field(default_factory=Links)
     risk: Risk = field(default_factory=Risk)
+    metrics: Metrics = field(default_factory=Metrics)
     path: str = ""  # the file it came from (not a key)
 
     def link(self, name: str) -> tuple[str, int]:

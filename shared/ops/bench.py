@@ -24,7 +24,7 @@ from typing import Any
 
 from shared.book import Record, Segment
 from shared.config import ROOT
-from shared.ops import loopback
+from shared.ops import benchscrape, loopback
 from shared.ops.benchreport import (
     BOOK_RATE,
     NEWS_RATE,
@@ -317,7 +317,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--up-kills", type=int, help="kill -9 supervisord -> up runs (default 3)")
     ap.add_argument("--out", default="logs/bench.md", help="markdown report (a .png beside it)")
     ap.add_argument("--keep", action="store_true", help="keep the stacks' directories (logs, journal)")
+    ap.add_argument("--scrape", action="store_true", help="only tick-to-trade without and with a /metrics scrape "
+                    "every second, in alternating windows (shared/ops/benchscrape.py)")
+    ap.add_argument("--windows", type=int, default=6, help="--scrape: alternating windows (6)")
+    ap.add_argument("--window", type=float, default=10.0, help="--scrape: seconds per window (10)")
     args = ap.parse_args(argv)
+    if args.scrape:
+        return _scrape(args)
     argv = list(sys.argv[1:] if argv is None else argv)
     plan = QUICK if args.quick else Plan()
     overrides = {"feed_s": args.duration, "t2t_s": args.t2t_duration, "kills": args.kills, "up_kills": args.up_kills}
@@ -341,6 +347,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     png = out.with_suffix(".png")
     if histogram(res, png):
         say(f"wrote {png}")
+    return 0
+
+
+def _scrape(args: argparse.Namespace) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="tsbench"))
+    try:
+        report = benchscrape.table(benchscrape.run(workdir / "scrape", args.windows, args.window, say))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(report)
     return 0
 
 

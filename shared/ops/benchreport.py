@@ -20,7 +20,7 @@ NEWS_RATE, PRICE_RATE, BOOK_RATE = 200, 1000, 10_000
 # Most news makes an order: any non-neutral sentiment is a signal, and short
 # windows make the price signal flip often (the rule still decides).
 T2T_STRATEGY = {"bullish": 50, "bearish": 50, "short_window": 2, "long_window": 4}
-PROGRAMS = ("gateway", "orderbook", "strategy", "ordermanager", "bootstrap", "auditor")
+PROGRAMS = ("gateway", "orderbook", "strategy", "ordermanager", "bootstrap", "auditor", "metrics")
 # What the seed system reported (seeds/: performance report, README).
 SEED_T2T_MEAN_US = 3200.0
 SEED_TICKS_S = 99.5

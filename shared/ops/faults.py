@@ -327,7 +327,7 @@ def _segment_torn(stack: Any) -> dict[str, Any]:
     return {"fault": "segment_torn", "restarted": {}}
 
 
-PROGRAMS = ("auditor", "bootstrap", "gateway", "orderbook", "ordermanager", "strategy")
+PROGRAMS = ("auditor", "bootstrap", "gateway", "metrics", "orderbook", "ordermanager", "strategy")
 
 # name -> fault(stack) -> {"fault", "restarted": {program: old pid}, …}; each
 # one the stack heals from by itself, but for those returning "up": True

@@ -27,7 +27,7 @@ from supervisor.xmlrpc import SupervisorTransport
 from shared import book, config
 from shared.ops import ctl
 
-PROGRAMS = ("auditor", "bootstrap", "gateway", "orderbook", "ordermanager", "strategy")
+PROGRAMS = ("auditor", "bootstrap", "gateway", "metrics", "orderbook", "ordermanager", "strategy")
 
 
 def free_port() -> int:
@@ -79,6 +79,7 @@ class Stack:
                                    journal=str(self.logs / "orders.jsonl"))
         doc["book"]["segment"] = self.segment
         doc["auditor"] = {"log": str(self.logs / "audit.log")}
+        doc["metrics"] = {"host": "127.0.0.1", "port": free_port()}
         for section, values in (overrides or {}).items():
             if isinstance(values, dict):
                 doc.setdefault(section, {}).update(values)
@@ -136,7 +137,8 @@ class Stack:
         """Wait until the servers listen and the book is fresh: RUNNING only
         means a program stayed up for ``startsecs``."""
         def ready() -> bool:
-            if len(self.events("gateway", "listening")) < 2 or not self.events("ordermanager", "listening"):
+            if (len(self.events("gateway", "listening")) < 2 or not self.events("ordermanager", "listening")
+                    or not self.events("metrics", "listening")):
                 return False
             try:
                 seg = book.Segment.attach(self.segment)
