@@ -27,7 +27,7 @@ from shared.lifecycle import is_supervisord
 
 SERVERURL = "unix:///tmp/tradestack/supervisor.sock"
 # The order orphans are stopped in: order entry first, the book's feed next, the auditor last.
-STOP_ORDER = ("strategy", "ordermanager", "orderbook", "gateway", "bootstrap", "auditor")
+STOP_ORDER = ("strategy", "ordermanager", "orderbook", "gateway", "bootstrap", "metrics", "auditor")
 TERM_WAIT_S = 10.0  # supervisord.conf's stopwaitsecs: a daemon drains within 5 s
 
 
