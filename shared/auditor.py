@@ -15,6 +15,7 @@ import orjson
 from supervisor import childutils
 
 from shared import config as config_mod
+from shared.lifecycle import SUPERVISOR_GONE, StopRequested
 
 PREFIX = "PROCESS_STATE_"
 
@@ -53,6 +54,12 @@ class Auditor:
         self.ready = False
 
     def step(self) -> None:
+        try:
+            self._turn()
+        except BrokenPipeError:  # our stdout is supervisord's pipe
+            raise StopRequested(SUPERVISOR_GONE) from None
+
+    def _turn(self) -> None:
         if not self.ready:
             childutils.listener.ready(self.stdout)
             self.ready = True
@@ -61,7 +68,7 @@ class Auditor:
             return
         line = self.stdin.readline()
         if not line:  # supervisord is gone
-            raise SystemExit(0)
+            raise StopRequested(SUPERVISOR_GONE)
         headers = childutils.get_headers(line)
         payload = self.stdin.read(int(headers["len"]))
         rec = record(headers, payload)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 import tomllib
 import typing
@@ -95,6 +96,36 @@ class Links:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    """``[metrics]``: where the metrics program serves Prometheus text at GET /metrics (contract §8)."""
+
+    host: str = "127.0.0.1"
+    port: int = 9108
+
+
+@dataclass(frozen=True)
+class RiskLimits:
+    """One client's pre-trade limits at the ordermanager; 0 = no limit."""
+
+    max_position: int = 0  # absolute position per symbol after the order
+    max_orders_per_s: int = 0  # orders accepted per second (sliding)
+    max_notional: float = 0.0  # qty x price of one order
+
+
+@dataclass(frozen=True)
+class Risk:
+    """``[risk]``: the limits of every client, and ``[risk.clients."<client_id>"]`` overrides
+    (a key an override leaves out is the default's)."""
+
+    default: RiskLimits = field(default_factory=RiskLimits)
+    clients: tuple[tuple[str, RiskLimits], ...] = ()
+
+    def limits(self, client_id: str) -> RiskLimits:
+        """The limits that hold for ``client_id``."""
+        return dict(self.clients).get(client_id, self.default)
+
+
+@dataclass(frozen=True)
 class Host:
     """Which programs this host runs: a subset of the roles (default: all, one machine)."""
 
@@ -140,6 +171,8 @@ class Config:
     strategy: Strategy = field(default_factory=Strategy)
     auditor: Auditor = field(default_factory=Auditor)
     links: Links = field(default_factory=Links)
+    risk: Risk = field(default_factory=Risk)
+    metrics: Metrics = field(default_factory=Metrics)
     host: Host = field(default_factory=Host)
     tls: Tls = field(default_factory=Tls)
     path: str = ""  # the file it came from (not a key)
@@ -156,7 +189,7 @@ class Config:
 
     def runs(self, program: str) -> bool:
         """Whether this host runs the supervisord ``program`` (``strategy-<name>`` counts as trader)."""
-        if program == "auditor":
+        if program in ("auditor", "metrics"):  # every host watches itself
             return True
         base = "strategy" if program.startswith("strategy-") else program
         return any(base in ROLES[r] for r in self.host.roles)
@@ -191,7 +224,8 @@ def _check(section: str, key: str, value: Any, typ: Any) -> Any:
     return value
 
 
-def _section(name: str, cls: type, raw: Any) -> Any:
+def _keys(name: str, cls: type, raw: Any) -> dict[str, Any]:
+    """A table's keys, each checked against ``cls``'s fields and types."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{name}: expected a table")
     hints = get_type_hints(cls)
@@ -199,7 +233,29 @@ def _section(name: str, cls: type, raw: Any) -> Any:
     for key in raw:
         if key not in known:
             raise ConfigError(f"{name}.{key}: unknown key")
-    return cls(**{k: _check(name, k, v, hints[k]) for k, v in raw.items()})
+    return {k: _check(name, k, v, hints[k]) for k, v in raw.items()}
+
+
+def _section(name: str, cls: type, raw: Any) -> Any:
+    return cls(**_keys(name, cls, raw))
+
+
+def _risk(raw: Any) -> Risk:
+    """``[risk]`` with its ``[risk.clients."<client_id>"]`` tables."""
+    if not isinstance(raw, dict):
+        raise ConfigError("risk: expected a table")
+    raw = dict(raw)
+    clients = raw.pop("clients", {})
+    default = _section("risk", RiskLimits, raw)
+    if not isinstance(clients, dict):
+        raise ConfigError("risk.clients: expected a table of client_id tables")
+    out = []
+    for cid, table in clients.items():
+        name = f"risk.clients.{json.dumps(cid)}"
+        if not 1 <= len(cid) <= 128 or not all(" " <= c <= "~" for c in cid):
+            raise ConfigError(f"{name}: a client_id is 1..128 printable ASCII characters")
+        out.append((cid, dataclasses.replace(default, **_keys(name, RiskLimits, table))))
+    return Risk(default, tuple(out))
 
 
 def _validate(cfg: Config) -> None:
@@ -262,6 +318,8 @@ def parse(raw: dict[str, Any], path: str = "") -> Config:
             if not isinstance(value, list):
                 raise ConfigError("symbols: expected a list of strings")
             kwargs["symbols"] = tuple(value)
+        elif key == "risk":
+            kwargs["risk"] = _risk(value)
         elif key in sections:
             cls = get_type_hints(Config)[key]
             kwargs[key] = _section(key, cls, value)

@@ -4,10 +4,17 @@ A signal handler only records the signal; the loop notices, then shuts the
 component down in order (stop intake, drain, flush, close) within a
 deadline kept below supervisord's ``stopwaitsecs``. A second signal forces
 the exit.
+
+A daemon also ends, in the same order, when its supervisor is gone
+(``stopping`` with reason ``supervisor_gone``): the kernel sends SIGTERM when
+the parent dies (``PR_SET_PDEATHSIG``), and each turn of the loop checks the
+parent too. supervisord forks and execs each program itself, so the parent
+is supervisord.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import sys
@@ -19,6 +26,11 @@ from shared import config as config_mod
 from shared import logs
 
 DRAIN_S = 5.0  # supervisord.conf's stopwaitsecs is 10
+PR_SET_PDEATHSIG = 1
+SUPERVISOR_GONE = "supervisor_gone"
+# Where supervisord wrote our stdout and stderr (deploy/supervisord.conf sets them): once it is
+# gone its pipes have no reader, so the last records go straight to those files.
+LOG_ENV = {1: "STACK_LOG_STDOUT", 2: "STACK_LOG_STDERR"}
 
 
 class Component(Protocol):
@@ -29,15 +41,56 @@ class Component(Protocol):
     def shutdown(self, deadline: float) -> None: ...
 
 
-class Stop:
-    """Records SIGTERM/SIGINT; the second one exits at once."""
+class StopRequested(Exception):
+    """Raised by a component's ``step`` to stop in order, with a reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def is_supervisord(pid: int) -> bool:
+    """True if process ``pid`` runs supervisord (by its command line)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"supervisord" in f.read()
+    except OSError:
+        return False
+
+
+class Parent:
+    """The process that started this one; the kernel signals us when it dies."""
 
     def __init__(self) -> None:
+        self.pid = os.getppid()
+        self.pdeathsig = False
+        if sys.platform.startswith("linux"):
+            libc = ctypes.CDLL(None, use_errno=True)
+            self.pdeathsig = libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
+        # Started by supervisord but already adopted by another (it died before the prctl above).
+        self.orphaned_at_start = bool(os.environ.get("SUPERVISOR_ENABLED")) and not is_supervisord(self.pid)
+
+    def gone(self) -> bool:
+        """True once the parent is not the one we started with (we were re-parented)."""
+        return self.orphaned_at_start or os.getppid() != self.pid
+
+
+class Stop:
+    """Records SIGTERM/SIGINT/SIGHUP; the second one exits at once, unless the
+    supervisor is gone (the kernel's SIGTERM, then ``deploy/up``'s, must not
+    cut the drain short)."""
+
+    def __init__(self, parent: Parent | None = None) -> None:
         self.reason: str | None = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        self.parent = parent
+        # SIGHUP too: the kernel sends it (then SIGCONT) to a frozen daemon whose supervisord dies.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.parent is not None and self.parent.gone():
+            self.reason = self.reason or SUPERVISOR_GONE
+            return
         if self.reason is not None:
             os._exit(1)
         self.reason = signal.Signals(signum).name
@@ -45,6 +98,17 @@ class Stop:
     @property
     def requested(self) -> bool:
         return self.reason is not None
+
+
+def adopt_logs() -> None:
+    """Point stdout and stderr at the files supervisord wrote them to (or /dev/null)."""
+    for fd, var in LOG_ENV.items():
+        try:
+            new = os.open(os.environ.get(var) or os.devnull, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError:
+            continue
+        os.dup2(new, fd)
+        os.close(new)
 
 
 def load_config_or_exit(daemon: str) -> config_mod.Config:
@@ -58,26 +122,44 @@ def load_config_or_exit(daemon: str) -> config_mod.Config:
 
 def run(daemon: str, build: Callable[[config_mod.Config, Any], Component], log_stream: Any = None) -> None:
     """Entry point of every daemon: config, logging, build, loop, shutdown."""
+    parent = Parent()
     cfg = load_config_or_exit(daemon)
     log = logs.configure(daemon, log_stream)
-    stop = Stop()
-    log.info("started", config=cfg.path)
+    stop = Stop(parent)
+    log.info("started", config=cfg.path, parent=parent.pid, pdeathsig=parent.pdeathsig)
     logs.flush()
     try:
         comp = build(cfg, log)
         while not stop.requested:
             comp.step()
+            if parent.gone():
+                stop.reason = SUPERVISOR_GONE
             logs.flush(older_than=logs.LINGER_S)
+    except StopRequested as e:
+        stop.reason = e.reason
     except SystemExit as e:
+        _orphan_logs(parent)
         log.error("stopped", reason="fatal", code=e.code)
         logs.flush()
         raise
     except Exception:
+        _orphan_logs(parent)
         log.exception("crashed")
         logs.flush()
         raise SystemExit(1) from None
-    log.info("stopping", reason=stop.reason)
+    if _orphan_logs(parent, stop.reason):
+        log.warning("stopping", reason=stop.reason, parent=parent.pid, ppid=os.getppid())
+    else:
+        log.info("stopping", reason=stop.reason)
     logs.flush()
     comp.shutdown(time.monotonic() + DRAIN_S)
     log.info("stopped")
     logs.flush()
+
+
+def _orphan_logs(parent: Parent, reason: str | None = None) -> bool:
+    """If the supervisor is gone, write the rest of the log to its files; True then."""
+    if reason != SUPERVISOR_GONE and not parent.gone():
+        return False
+    adopt_logs()
+    return True

@@ -20,6 +20,8 @@ from typing import IO, Any
 import orjson
 import structlog
 
+HELD_MAX = 1 << 20  # bytes of lines kept while the output pipe is broken
+
 
 class LineSink:
     """A structlog logger that buffers rendered lines until ``flush()``."""
@@ -44,7 +46,13 @@ class LineSink:
             try:
                 self._stream.write(self._buf)
                 self._stream.flush()
-            except (BrokenPipeError, ValueError):
+            except BrokenPipeError:
+                # The reader (supervisord) is gone: keep the lines for the file the
+                # lifecycle points our output at next, within a bound.
+                if len(self._buf) > HELD_MAX:
+                    self._buf.clear()
+                return
+            except ValueError:
                 pass
             self._buf.clear()
 

@@ -290,14 +290,19 @@ class Client:
         self.down_since: float | None = None  # set once a connection was lost
         self.down_before: float | None = None  # down_since before the current connection came up
         self.enabled = True
+        self.hold_until = 0.0  # the owner's own backoff (a refused logon)
 
     def poll(self, now: float) -> None:
         """Connect when disconnected and the backoff allows; give up a connect past its timeout."""
         if self.connecting is not None:
             if now > self.connect_deadline:
                 self._abandon(now, "timed out")
-        elif self.conn is None and self.enabled and now >= self.next_try:
+        elif self.conn is None and self.enabled and now >= self.next_try and now >= self.hold_until:
             self._try(now)
+
+    def hold_off(self, seconds: float) -> None:
+        """Make no new connection for ``seconds`` (the peer refused us)."""
+        self.hold_until = time.monotonic() + seconds
 
     def _try(self, now: float) -> None:
         self.attempt += 1

@@ -15,9 +15,12 @@ import msgspec
 
 from shared import config as config_mod
 from shared import logs, tls
+from shared.halt import HaltWatch
 from shared.journal import Entry, Journal
 from shared.net import Conn, Loop, Server
+from shared.owners import Owners, taken_over
 from shared.protocol import PROTO, Ack, BadFrame, BadMessage, Heartbeat, Logon, LogonAck, Message, Order, Reject, frame
+from shared.risk import Risk
 
 
 class Session:
@@ -50,6 +53,9 @@ class OrderManager:
             log.error("token_unreadable", path=str(token_path), error=str(e))
             raise SystemExit(2) from None
         self.journal = Journal(str(cfg.resolve(om.journal)), om.journal_sync, log)
+        self.risk = Risk(cfg.risk)
+        self.halts = HaltWatch(str(cfg.resolve(om.journal)), log)
+        self.risk.halted = self.halts.load()
         self.session = uuid.uuid4().hex[:16]
         self.hb_s = om.heartbeat_ms / 1000
         self.symbols = set(cfg.symbols)
@@ -63,6 +69,7 @@ class OrderManager:
         self.server = Server(self.loop, log, om.host, om.port, "orders", self._accept, tls=ctx)
         self.conns: set[Conn] = set()
         self.clients: dict[str, Conn] = {}
+        self.owners = Owners()
         self.acks: list[tuple[Conn, bytes]] = []
         self.next_housekeeping = 0.0
 
@@ -119,16 +126,23 @@ class OrderManager:
         if not hmac.compare_digest(msg.token.encode(), self.token):
             self._reject(conn, None, "unauthorized", f"bad token for {msg.client_id}", close=True)
             return
+        verdict = self.owners.logon(msg.client_id, msg.instance)
+        if verdict == "refuse":
+            self._reject(conn, None, "unauthorized", taken_over(msg.client_id), close=True)
+            return
+        if verdict == "take_over":
+            self.log.warning("client_taken_over", peer=conn.peer, client_id=msg.client_id, instance=msg.instance)
         old = self.clients.get(msg.client_id)
         if old is not None:
-            old.close("replaced_by_new_logon")
+            old.close("taken_over" if verdict == "take_over" else "replaced_by_new_logon")
         st.client_id = msg.client_id
         self.clients[msg.client_id] = conn
         positions = {s: q for s, q in self.journal.positions.get(msg.client_id, {}).items() if q}
         last = self.journal.last_id.get(msg.client_id)
         conn.write(frame(LogonAck(session=self.session, heartbeat_ms=self.cfg.ordermanager.heartbeat_ms,
                                   positions=positions, last_order_id=last)))
-        self.log.info("logon", peer=conn.peer, client_id=msg.client_id, positions=positions, last_order_id=last)
+        self.log.info("logon", peer=conn.peer, client_id=msg.client_id, instance=msg.instance, positions=positions,
+                      last_order_id=last)
 
     def _order(self, conn: Conn, cid: str, o: Order) -> None:
         recv_ns = time.time_ns()
@@ -143,6 +157,10 @@ class OrderManager:
         if o.qty > self.max_qty:
             self._reject(conn, o.order_id, "risk", f"qty {o.qty} over the limit {self.max_qty}")
             return
+        refusal = self._pre_trade(cid, o)
+        if refusal is not None:
+            self._reject(conn, o.order_id, "risk", refusal)
+            return
         no = self.journal.last_no + 1
         self.journal.stage(Entry(no, o.order_id, cid, o.symbol, o.side, o.qty, o.price, o.ts_ns, o.tick_ts_ns,
                                  recv_ns))
@@ -150,6 +168,17 @@ class OrderManager:
         logs.hot("order_received", order_no=no, order_id=o.order_id, client_id=cid, symbol=o.symbol,
                  side=o.side, qty=o.qty, price=o.price, latency_us=(recv_ns - o.tick_ts_ns) // 1000,
                  msg=f"Received Order {no}: {o.side} {o.qty} {o.symbol} @ {o.price:.2f}")
+
+    def _pre_trade(self, cid: str, o: Order) -> str | None:
+        """The client's halt and risk limits (shared.risk): None, or why the order is refused."""
+        position = self.journal.positions.get(cid, {}).get(o.symbol, 0)
+        return self.risk.check(cid, o.symbol, o.side, o.qty, o.price, position, time.monotonic())
+
+    def _poll_halts(self, now: float) -> None:
+        """Apply the halt file when deploy/halt or deploy/resume changed it (a stat every 100 ms)."""
+        halted = self.halts.poll(now)
+        if halted is not None:
+            self.risk.halted = halted
 
     def _commit(self) -> None:
         """Group commit: journal first, then the log lines, then the acks."""
@@ -172,6 +201,7 @@ class OrderManager:
         if now >= self.next_housekeeping:
             self.next_housekeeping = now + min(0.05, self.hb_s / 4)
             self.server.poll(now)
+            self._poll_halts(now)
             logon_timeout = self.cfg.ordermanager.logon_timeout_ms / 1000
             for conn in list(self.conns):
                 st: Session = conn.state

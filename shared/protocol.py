@@ -66,11 +66,13 @@ class Heartbeat(_Msg, tag="heartbeat", frozen=True):
 
 
 class Logon(_Msg, tag="logon", frozen=True):
-    """First frame of an order-entry link."""
+    """First frame of an order-entry link; ``instance`` (ours, optional) names
+    the client process, new at each start, so that one process owns a client_id."""
 
     proto: int
     client_id: OrderId
     token: str
+    instance: OrderId | None = None
 
 
 class Subscribe(_Msg, tag="subscribe", frozen=True):

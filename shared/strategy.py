@@ -8,6 +8,7 @@ no new order is made until they are answered.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import deque
 from typing import Any
@@ -17,7 +18,7 @@ import msgspec
 from shared import config as config_mod
 from shared import tls
 from shared.book import BookError, Segment
-from shared.net import Client, Conn, Loop, Retry, Sequence
+from shared.net import Client, Conn, Loop, Retry, Sequence, backoff
 from shared.protocol import (
     PROTO,
     Ack,
@@ -36,6 +37,7 @@ from shared.rule import RuleParams, decide
 
 _news_decoder = msgspec.json.Decoder(News | Hello | Heartbeat | Reject)
 _om_decoder = msgspec.json.Decoder(Ack | Reject | LogonAck | Heartbeat)
+REFUSED_BASE_S, REFUSED_CAP_S = 0.5, 30.0  # backoff after a refused logon
 
 
 def read_token(cfg: config_mod.Config) -> str:
@@ -85,6 +87,8 @@ class Trader:
         self.pending: dict[str, Order] = {}
         self.resending: set[str] = set()
         self.logged_on = False
+        self.instance = secrets.token_hex(8)  # this process, at the ordermanager (shared.owners)
+        self.refusals = 0
         self.n = 0
         self.stale: bool | None = None
 
@@ -203,7 +207,7 @@ class Trader:
             self.log.error("token_unreadable", error=str(e))
             conn.close("no_token")
             return
-        conn.write(frame(Logon(proto=PROTO, client_id=self.client_id, token=token)))
+        conn.write(frame(Logon(proto=PROTO, client_id=self.client_id, token=token, instance=self.instance)))
 
     def _om_down(self, reason: str) -> None:
         self.logged_on = False
@@ -220,15 +224,17 @@ class Trader:
             self.log.info("order_acked", order_id=a.order_id, order_no=a.order_no, duplicate=a.duplicate)
         elif t is Reject:
             r: Reject = msg  # type: ignore[assignment]
+            if not self.logged_on:
+                self._refused(r)
+                return
             if r.order_id is not None:
                 self.pending.pop(r.order_id, None)
                 self.resending.discard(r.order_id)
             self.log.warning("order_refused", order_id=r.order_id, reason=r.reason, detail=r.detail)
-            if r.reason == "unauthorized":
-                self.om.refuse(r.reason)  # back off rather than log on again at once
         elif t is LogonAck:
             la: LogonAck = msg  # type: ignore[assignment]
             self.logged_on = True
+            self.refusals = 0
             self.om_hb_s = la.heartbeat_ms / 1000
             self.positions = {s: 0 for s in self.cfg.symbols} | dict(la.positions)
             self.n = max(self.n, order_number(la.last_order_id, self.client_id))
@@ -237,6 +243,15 @@ class Trader:
                           last_order_id=la.last_order_id, resending=len(self.resending))
             if self.pending:
                 conn.write(b"".join(frame(o) for o in self.pending.values()))
+
+    def _refused(self, r: Reject) -> None:
+        """Our logon refused (a bad token, or a newer process took our client_id
+        over): no order goes out under this name; try again later, slower each time."""
+        self.refusals += 1
+        delay = backoff(self.refusals, base=REFUSED_BASE_S, cap=REFUSED_CAP_S)
+        self.om.hold_off(delay)
+        self.log.error("logon_refused", reason=r.reason, detail=r.detail, instance=self.instance,
+                       attempt=self.refusals, delay_ms=round(delay * 1000))
 
     # --- the loop -------------------------------------------------------------
 

@@ -366,8 +366,9 @@ class TestProcesses:
                             "-s", "TERM"], capture_output=True, timeout=60)
         assert r.returncode == 0, r.stderr.decode()
         rec = json.loads(r.stdout.splitlines()[-1])
-        assert (rec["event"], rec["fault"], rec["program"], rec["pid"], rec["signal"]) == \
+        assert (rec["event"], rec["fault"], rec["program"], rec["target_pid"], rec["signal"]) == \
             ("fault_injected", "kill", "strategy", old, "SIGTERM")
+        assert rec["pid"] not in (old, stack.pid)  # every record's pid is its writer's (contract §6)
         since.wait("strategy", "stopping", reason="SIGTERM")
         recovered("sigterm_strategy", stack, t, restarted={"strategy": old})
         ex = since.audit(process="strategy", to_state="EXITED", pid=old)

@@ -13,7 +13,7 @@ import pytest
 
 from shared.config import ROOT
 
-PROGRAMS = ("gateway", "bootstrap", "orderbook", "strategy", "ordermanager", "auditor")
+PROGRAMS = ("gateway", "bootstrap", "orderbook", "strategy", "ordermanager", "auditor", "metrics")
 RUNTIME = sorted(p for p in (ROOT / "shared").glob("*.py"))
 
 

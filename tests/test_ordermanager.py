@@ -5,15 +5,17 @@ The tests share one stack (a small ``max_qty`` for the risk check).
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from shared.ops.harness import Stack
-from shared.ops.peer import OrderClient
+from shared.ops.peer import OrderClient, Refused
 from shared.protocol import Ack, Heartbeat, Logon, LogonAck, Reject, frame_body
 
 MAX_QTY = 50
@@ -78,6 +80,11 @@ def order_msg(order_id: str, **fields: Any) -> bytes:
     body = {"type": "order", "order_id": order_id, "symbol": "AAPL", "side": "BUY", "qty": 1, "price": 10.5,
             "ts_ns": 1, "tick_ts_ns": 1} | fields
     return frame_body(json.dumps({k: v for k, v in body.items() if v is not None}).encode())
+
+
+def utc_s(ts: str) -> float:
+    """A log record's ``ts`` as seconds since the epoch."""
+    return dt.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
 def journal_ids(stack: Stack) -> set[str]:
@@ -223,6 +230,85 @@ def test_second_logon_closes_the_older_connection(om: Stack) -> None:
     first.close()
     good_order(second, f"{cid}-2")
     second.close()
+
+
+def refused(stack: Stack, client_id: str, instance: str | None) -> Reject:
+    """Log on as ``instance``; the reject it must get (then the connection closes)."""
+    c = client(stack)
+    with pytest.raises(Refused) as e:
+        c.logon(client_id, stack.token, instance)
+    assert_closed(c)
+    c.close()
+    return e.value.reject
+
+
+def test_a_newer_instance_takes_the_client_id_over_for_good(om: Stack) -> None:
+    cid = f"owned-{next(_ids)}"
+    old = client(om)
+    old.logon(cid, om.token, "instance-a")
+    good_order(old, f"{cid}-1")
+    new = client(om)
+    ack = new.logon(cid, om.token, "instance-b")  # a newer process of the same client
+    assert ack.last_order_id == f"{cid}-1"
+    assert_closed(old)  # the older connection first, as the contract says
+    old.close()
+    r = refused(om, cid, "instance-a")  # the superseded process comes back: refused
+    assert (r.reason, r.detail, r.order_id) == ("unauthorized", f"client_id {cid} taken over by a newer instance",
+                                                None)
+    good_order(new, f"{cid}-2")
+    new.close()
+    refused(om, cid, "instance-a")  # still refused with the owner gone
+    with client(om) as back:  # the owner reconnecting is welcome
+        assert back.logon(cid, om.token, "instance-b").last_order_id == f"{cid}-2"
+        good_order(back, f"{cid}-3")
+    assert [e["order_id"] for e in om.journal() if e["client_id"] == cid] == [f"{cid}-{i}" for i in (1, 2, 3)]
+    over = om.wait_for(lambda: [r for r in om.events("ordermanager", "client_taken_over") if r["client_id"] == cid])
+    assert over[0]["instance"] == "instance-b" and over[0]["level"] == "warning"
+    gone = [r for r in om.events("ordermanager", "disconnected") if r.get("client_id") == cid]
+    assert gone[0]["reason"] == "taken_over", gone
+    rejects = om.wait_for(lambda: [r for r in om.events("ordermanager", "order_rejected")
+                                   if r["detail"] == f"client_id {cid} taken over by a newer instance"])
+    assert rejects[0]["reason"] == "unauthorized"
+
+
+def test_a_logon_without_instance_changes_no_owner(om: Stack) -> None:
+    cid = f"legacy-{next(_ids)}"
+    owner = client(om)
+    owner.logon(cid, om.token, "instance-a")
+    with client(om) as plain:  # as before instances: it closes the older connection, nothing more
+        plain.logon(cid, om.token)
+        assert_closed(owner)
+    owner.close()
+    with client(om) as again:
+        again.logon(cid, om.token, "instance-a")  # still the owner: not refused
+        good_order(again, f"{cid}-1")
+
+
+def test_a_strategy_taken_over_is_refused_backs_off_and_sends_nothing(om: Stack) -> None:
+    cid = om.cfg.strategy.client_id
+    pid = om.pids()["strategy"]
+    om.wait_for(lambda: [r for r in om.log("strategy") if r["pid"] == pid and r["event"] == "logged_on"],
+                timeout=60)
+    with client(om) as usurper:
+        usurper.logon(cid, om.token, "usurper")
+        t_over = time.time()
+        # The strategy reconnects, is refused, and waits longer each time.
+        refusals = om.wait_for(lambda: (x := [r for r in om.log("strategy") if r["pid"] == pid
+                                              and r["event"] == "logon_refused"]) and len(x) >= 3 and x,
+                               timeout=60)
+    assert [r["attempt"] for r in refusals[:3]] == [1, 2, 3]
+    assert refusals[2]["delay_ms"] > refusals[0]["delay_ms"]
+    assert {(r["reason"], r["detail"], r["level"]) for r in refusals} == \
+        {("unauthorized", f"client_id {cid} taken over by a newer instance", "error")}
+    late = [r for r in om.log("strategy") if r["pid"] == pid and r["event"] in ("order_sent", "logged_on")
+            and utc_s(r["ts"]) > t_over]
+    assert not late, late
+    assert not [e for e in om.journal() if e["client_id"] == cid and e["recv_ns"] > t_over * 1e9]
+    # A new strategy process is a new instance: it takes the name back.
+    om.ctl("restart", "strategy", check=True)
+    new = om.pids()["strategy"]
+    om.wait_for(lambda: [r for r in om.log("strategy") if r["pid"] == new and r["event"] == "logged_on"],
+                timeout=60)
 
 
 def test_positions_and_last_order_id_survive_an_ordermanager_restart(om: Stack) -> None:

@@ -51,6 +51,7 @@ SAMPLES: list[Message] = [
     Heartbeat(ts_ns=127),
     Heartbeat(ts_ns=128, seq=42),
     Logon(proto=1, client_id="strategy-1", token="s3cret"),
+    Logon(proto=1, client_id="strategy-1", token="s3cret", instance="9f2c4e1a"),
     Order(order_id="s1-1", symbol="AAPL", side="SELL", qty=3, price=99.5, ts_ns=10, tick_ts_ns=9),
     LogonAck(session="sess", heartbeat_ms=250, positions={"AAPL": -10, "MSFT": 5}, last_order_id="s1-1"),
     LogonAck(session="sess", heartbeat_ms=250, positions={}, last_order_id=None),
@@ -85,6 +86,14 @@ def test_snapshot_flag_on_the_wire_only_when_set() -> None:
     snap = json.loads(frame(Price(seq=1, ts_ns=1, symbol="A", price=1.0, snapshot=True))[4:])
     assert "snapshot" not in live
     assert snap["snapshot"] is True
+
+
+def test_logon_instance_on_the_wire_only_when_set() -> None:
+    plain = json.loads(frame(Logon(proto=1, client_id="c", token="t"))[4:])
+    mine = json.loads(frame(Logon(proto=1, client_id="c", token="t", instance="i-1"))[4:])
+    assert "instance" not in plain
+    assert mine["instance"] == "i-1"
+    assert isinstance(FrameDecoder().feed(body({**plain, "instance": ""}))[0], BadMessage)  # 1..128 printable
 
 
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)

@@ -5,8 +5,10 @@ another): every program's JSON log (``<program>.log`` and its rotations
 ``.log.1`` …), the auditor's ``audit.log`` and the order journal. It prints,
 per program, starts, unexpected exits, FATALs, downtime and MTTR; reconnects
 with their ``down_ms``; bad frames and rejects by reason; the orders and
-their tick-to-trade percentiles. ``--json`` prints the same figures as one
-JSON document; ``--follow`` tails a human view of every log, like ``tail -f``.
+their tick-to-trade percentiles; positions and P&L per client and symbol
+(marked to the book's latest prices) and the halts. ``--json`` prints the
+same figures as one JSON document; ``--follow`` tails a human view of every
+log, like ``tail -f``.
 
 The figures come from pure functions of parsed records (``summarize`` and the
 ones it calls), so they are tested on synthetic lines; files are read apart.
@@ -28,6 +30,7 @@ from typing import IO, Any
 import orjson
 
 from shared.config import ROOT
+from shared.ops import pnlaudit
 from shared.ops.stats import percentile
 
 Record = dict[str, Any]
@@ -187,8 +190,10 @@ def order_stats(journal: Iterable[Record], logs: Mapping[str, Iterable[Record]])
             "tick_to_trade_us": spread(t2t)}
 
 
-def summarize(logs: Mapping[str, list[Record]], audit: list[Record], journal: list[Record]) -> dict[str, Any]:
-    """Every figure of the audit, as one JSON-ready document."""
+def summarize(logs: Mapping[str, list[Record]], audit: list[Record], journal: list[Record],
+              marks: Mapping[str, float] | None = None, halt_file: Path | None = None) -> dict[str, Any]:
+    """Every figure of the audit, as one JSON-ready document; ``marks`` are the book's latest
+    prices (none: unrealized P&L unknown), ``halt_file`` says who is halted now."""
     procs = process_stats(audit)
     counts = log_stats(logs)
     programs = {}
@@ -196,7 +201,8 @@ def summarize(logs: Mapping[str, list[Record]], audit: list[Record], journal: li
         programs[name] = {**procs.get(name, {}), **counts.get(name, {})}
     bad, rejects = frame_stats(logs)
     return {"programs": programs, "reconnects": reconnect_stats(logs), "bad_frames": bad, "rejects": rejects,
-            "orders": order_stats(journal, logs)}
+            "orders": order_stats(journal, logs), "clients": pnlaudit.clients(journal, marks or {}),
+            "halts": pnlaudit.halts(logs, halt_file)}
 
 
 # --- the text report ----------------------------------------------------------
@@ -239,6 +245,12 @@ def render(summary: Mapping[str, Any]) -> str:
     if t:
         lines.append("tick-to-trade us  " + "  ".join(f"{k} {_fmt(round(t[k], 1))}" for k in
                                                       ("p50", "p99", "p99.9", "max")) + f"  (n={t['count']})")
+    if "clients" in summary:
+        rows = pnlaudit.pnl_rows(summary["clients"])
+        lines += ["", "POSITIONS AND P&L (an acked order fills at its price; mark: the book's latest price, "
+                  "- when there is no book)", *(_table(pnlaudit.PNL_COLUMNS, rows) if rows else ["(none)"])]
+    if "halts" in summary:
+        lines += ["", "HALTS", *pnlaudit.halt_lines(summary["halts"])]
     return "\n".join(lines)
 
 
@@ -269,7 +281,7 @@ def program_logs(logs_dir: Path) -> dict[str, Path]:
 def load(logs_dir: Path, journal: Path | None = None) -> tuple[dict[str, list[Record]], list[Record], list[Record]]:
     """Every program's records, the audit records and the journal entries of a logs directory."""
     logs = {name: read_records(path) for name, path in program_logs(logs_dir).items()}
-    return logs, read_records(logs_dir / AUDIT_LOG), read_records(journal or logs_dir / JOURNAL)
+    return logs, read_records(logs_dir / AUDIT_LOG), pnlaudit.read_journal(journal or logs_dir / JOURNAL)
 
 
 # --- following ----------------------------------------------------------------
@@ -295,6 +307,8 @@ def human(source: str, rec: Record | None, raw: str = "") -> str | None:
         return f"{t} {rec.get('process')}: {rec.get('from_state')} -> {rec.get('to_state')}{note}{pid}"
     if ev == "order_received" and rec.get("msg"):
         return f"{t} {source}: {rec['msg']}"
+    if ev in ("client_halted", "client_resumed"):
+        return f"{t} {source}: {ev.removeprefix('client_')} {rec.get('client_id')}"
     if ev == "reconnected":
         return (f"{t} {source}: reconnected to {rec.get('peer')} ({rec.get('stream')}) after {rec.get('down_ms')} ms,"
                 f" {rec.get('attempts')} attempt(s)")
@@ -398,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="stack-audit", description="What happened to the stack, from its logs.")
     ap.add_argument("--logs", type=Path, default=ROOT / "logs", help="the logs directory (default: the repo's logs/)")
     ap.add_argument("--journal", type=Path, help="the order journal (default: LOGS/orders.jsonl)")
+    ap.add_argument("--segment", help="the book segment whose prices mark positions (default: the config's)")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--json", action="store_true", help="one JSON document, for machines")
     mode.add_argument("-f", "--follow", action="store_true", help="tail the human view of every log")
@@ -409,7 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.follow:
             follow(args.logs, lambda s: print(s, flush=True))
             return 0
-        summary = {"logs": str(args.logs.resolve()), **summarize(*load(args.logs, args.journal))}
+        journal = args.journal or args.logs / JOURNAL
+        marks = pnlaudit.marks(args.segment or pnlaudit.config_segment())
+        summary = {"logs": str(args.logs.resolve()),
+                   **summarize(*load(args.logs, journal), marks, pnlaudit.halt_file(journal))}
         print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() if args.json else render(summary))
     except KeyboardInterrupt:
         return 0

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import shutil
-import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -27,7 +24,7 @@ from typing import Any
 
 from shared.book import Record, Segment
 from shared.config import ROOT
-from shared.ops import loopback
+from shared.ops import benchscrape, loopback
 from shared.ops.benchreport import (
     BOOK_RATE,
     NEWS_RATE,
@@ -39,8 +36,7 @@ from shared.ops.benchreport import (
     table,
 )
 from shared.ops.harness import Stack, dump_toml
-from shared.ops.peer import OrderClient
-from shared.protocol import Ack, Reject
+from shared.ops.recovery import recover_gateway, recover_ordermanager, recover_supervisord
 
 
 @dataclass(frozen=True)
@@ -54,10 +50,11 @@ class Plan:
     book_s: float = 8.0
     om_s: float = 5.0
     kills: int = 5
+    up_kills: int = 3
     reads: int = 200_000
 
 
-QUICK = Plan(feed_s=2.0, t2t_s=3.0, floor_n=200, raw_s=0.5, book_s=1.0, om_s=1.0, kills=1, reads=20_000)
+QUICK = Plan(feed_s=2.0, t2t_s=3.0, floor_n=200, raw_s=0.5, book_s=1.0, om_s=1.0, kills=1, up_kills=1, reads=20_000)
 
 
 _T0 = time.monotonic()
@@ -216,79 +213,6 @@ def journal_count(stack: Stack, prefix: str) -> int:
     return sum(1 for e in stack.journal() if str(e.get("client_id", "")).startswith(prefix))
 
 
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
-
-
-def _kill(stack: Stack, program: str) -> int:
-    """SIGKILL a program once supervisord has it RUNNING; the time of the kill."""
-    stack.wait_running((program,))
-    pid = stack.pids()[program]
-    t = time.time_ns()
-    os.kill(pid, signal.SIGKILL)
-    _wait_dead(pid)  # until then its listening socket still accepts
-    return t
-
-
-def _wait_dead(pid: int, timeout: float = 10.0) -> None:
-    """Wait until a killed process is gone or a zombie (its sockets are closed)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return
-        if state in ("Z", "X"):
-            return
-        time.sleep(0.0005)
-    raise TimeoutError(f"pid {pid} survived SIGKILL")
-
-
-def recover_gateway(stack: Stack, seg: Segment) -> tuple[float, float]:
-    """kill -9 gateway: ms until the book is fresh again, and until the port listens."""
-    t0 = _kill(stack, "gateway")
-    listen: float | None = None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if listen is None and _listening(stack.cfg.gateway.price_port):
-            listen = (time.time_ns() - t0) / 1e6
-        fresh = [r.recv_ns for r in records(seg) if r is not None and r.ts_ns > t0]
-        if fresh:
-            ms = (min(fresh) - t0) / 1e6
-            return ms, min(listen if listen is not None else ms, ms)
-        time.sleep(0.001)
-    raise TimeoutError("the book did not become fresh after kill -9 gateway")
-
-
-def recover_ordermanager(stack: Stack, trial: int) -> tuple[float, float]:
-    """kill -9 ordermanager: ms until an order is acked again, and until the port listens."""
-    om = stack.cfg.ordermanager
-    t0 = _kill(stack, "ordermanager")
-    listen: float | None = None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            c = OrderClient(om.host, om.port, timeout=0.5)
-        except OSError:
-            time.sleep(0.001)
-            continue
-        listen = listen or (time.time_ns() - t0) / 1e6
-        try:
-            with c:
-                c.logon("bench-recovery", stack.token)
-                c.order(f"rec-{trial}", stack.cfg.symbols[0], "BUY", 1, 100.0)
-                if isinstance(c.recv_type(Ack, Reject, timeout=5), Ack):
-                    return (time.time_ns() - t0) / 1e6, listen
-        except (OSError, EOFError, TimeoutError):
-            time.sleep(0.001)
-    raise TimeoutError("no ack after kill -9 ordermanager")
-
-
 # --- the phases ---------------------------------------------------------------
 
 
@@ -366,6 +290,8 @@ def t2t_stack(workdir: Path, plan: Plan, res: dict[str, Any]) -> None:
             say(f"recovery: kill -9 gateway, ordermanager, {plan.kills} times each")
             res["rec_gw"] = [recover_gateway(stack, seg) for _ in range(plan.kills)]
             res["rec_om"] = [recover_ordermanager(stack, i) for i in range(plan.kills)]
+            say(f"recovery: kill -9 supervisord, then deploy/up's sweep and start, {plan.up_kills} times")
+            res["rec_up"] = [recover_supervisord(stack, i) for i in range(plan.up_kills)]
         finally:
             seg.close()
     finally:
@@ -388,12 +314,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, help="seconds of the price feed run (default 20)")
     ap.add_argument("--t2t-duration", type=float, help="seconds of the tick-to-trade run (default 40)")
     ap.add_argument("--kills", type=int, help="kill -9 runs per program (default 5)")
+    ap.add_argument("--up-kills", type=int, help="kill -9 supervisord -> up runs (default 3)")
     ap.add_argument("--out", default="logs/bench.md", help="markdown report (a .png beside it)")
     ap.add_argument("--keep", action="store_true", help="keep the stacks' directories (logs, journal)")
+    ap.add_argument("--scrape", action="store_true", help="only tick-to-trade without and with a /metrics scrape "
+                    "every second, in alternating windows (shared/ops/benchscrape.py)")
+    ap.add_argument("--windows", type=int, default=6, help="--scrape: alternating windows (6)")
+    ap.add_argument("--window", type=float, default=10.0, help="--scrape: seconds per window (10)")
     args = ap.parse_args(argv)
+    if args.scrape:
+        return _scrape(args)
     argv = list(sys.argv[1:] if argv is None else argv)
     plan = QUICK if args.quick else Plan()
-    overrides = {"feed_s": args.duration, "t2t_s": args.t2t_duration, "kills": args.kills}
+    overrides = {"feed_s": args.duration, "t2t_s": args.t2t_duration, "kills": args.kills, "up_kills": args.up_kills}
     plan = Plan(**{**plan.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
     workdir = Path(tempfile.mkdtemp(prefix="tsbench"))
     try:
@@ -414,6 +347,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     png = out.with_suffix(".png")
     if histogram(res, png):
         say(f"wrote {png}")
+    return 0
+
+
+def _scrape(args: argparse.Namespace) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="tsbench"))
+    try:
+        report = benchscrape.table(benchscrape.run(workdir / "scrape", args.windows, args.window, say))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(report)
     return 0
 
 

@@ -20,7 +20,7 @@ NEWS_RATE, PRICE_RATE, BOOK_RATE = 200, 1000, 10_000
 # Most news makes an order: any non-neutral sentiment is a signal, and short
 # windows make the price signal flip often (the rule still decides).
 T2T_STRATEGY = {"bullish": 50, "bearish": 50, "short_window": 2, "long_window": 4}
-PROGRAMS = ("gateway", "orderbook", "strategy", "ordermanager", "bootstrap", "auditor")
+PROGRAMS = ("gateway", "orderbook", "strategy", "ordermanager", "bootstrap", "auditor", "metrics")
 # What the seed system reported (seeds/: performance report, README).
 SEED_T2T_MEAN_US = 3200.0
 SEED_TICKS_S = 99.5
@@ -31,6 +31,7 @@ FEED_MIN, FEED_RAW_SHARE = 200_000, 0.25
 BOOK_P99_US = 1000.0
 OM_MIN = 100_000
 RSS_MAX_MB = 50.0
+UP_TARGET_S = 15.0  # issue 8: kill -9 supervisord -> deploy/up -> all RUNNING and orders flowing
 
 
 def stats_us(ns: Sequence[int]) -> dict[str, float]:
@@ -114,6 +115,18 @@ def rows(res: dict[str, Any]) -> list[Row]:
             out.append((f"recovery {what} {q} (ms, {len(got)} runs)", fmt(percentile(got, qq), 1),
                         f"{fmt(percentile(listen, qq), 1)} {ref}",
                         ratio(percentile(got, qq), percentile(listen, qq)), "", "", ""))
+    up = res.get("rec_up") or []
+    if up:
+        serving, running = [r["serving"] for r in up], [r["running"] for r in up]
+        for q, pick in (("p50", lambda xs: percentile(xs, 50)), ("max", max)):
+            target, ok = (f"≤ {UP_TARGET_S * 1000:,.0f} (issue 8)", pick(serving) <= UP_TARGET_S * 1000) \
+                if q == "max" else ("", None)
+            out.append((f"recovery kill -9 supervisord → up → all RUNNING and orders flowing {q} (ms, {len(up)} runs)",
+                        fmt(pick(serving)), f"{fmt(pick(running))} all RUNNING", ratio(pick(serving), pick(running)),
+                        "", target, "" if ok is None else verdict(ok)))
+        dups = max(int(r["duplicated"]) for r in up)
+        out.append(("journal entries duplicated after the supervisord kills", str(dups), "", "", "", "0 (issue 8)",
+                    verdict(dups == 0)))
     return out
 
 
@@ -151,6 +164,10 @@ def notes(res: dict[str, Any], plan: Plan, argv: Sequence[str]) -> str:
         " nothing (`python -S`).",
         f"- Recovery: {plan.kills} × `kill -9` each; gateway: until a tick made by the new gateway is in the book;"
         " ordermanager: until a fresh client's order is acked. Reference: until the port accepts again.",
+        f"- Recovery of supervisord: {plan.up_kills} × `kill -9` of supervisord while the strategy trades, then what"
+        " `deploy/up` does (the orphan sweep, a fresh supervisord); until every program is RUNNING, a fresh client's"
+        " order is acked and the strategy's next order is journaled (the latest of the three). Reference: until"
+        " every program is RUNNING. Alone: `python -m shared.ops.recovery --runs N`.",
         f"- Seed: {SEED_T2T_MEAN_US / 1000:g} ms average tick-to-trade, {SEED_TICKS_S} ticks/s,"
         f" {SEED_BOOK_BYTES} bytes of book for 3 symbols (its own report; 8 cores)."
         f" Feed run: {'clean' if f['clean'] else 'NOT clean'}.",

@@ -3,6 +3,8 @@
 prepare   check the config, make logs/ and the order-entry token (0600)
 render    print deploy/supervisord.conf with only this host's programs ([host] roles)
 wait      wait until every supervisord program is RUNNING, print the status
+sweep     stop this checkout's daemons that run without a supervisord (orphans
+          of a supervisord that died), in order: TERM, wait, KILL
 cleanup   remove the segment named by the config
 """
 
@@ -11,16 +13,24 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import signal
 import sys
 import time
 import xmlrpc.client
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from supervisor.xmlrpc import SupervisorTransport
 
 from shared import book, config
+from shared.lifecycle import is_supervisord
 
 SERVERURL = "unix:///tmp/tradestack/supervisor.sock"
+# The order orphans are stopped in: order entry first, the book's feed next, the auditor last.
+STOP_ORDER = ("strategy", "ordermanager", "orderbook", "gateway", "bootstrap", "metrics", "auditor")
+TERM_WAIT_S = 10.0  # supervisord.conf's stopwaitsecs: a daemon drains within 5 s
 
 
 def rpc(serverurl: str = SERVERURL) -> Any:
@@ -74,13 +84,157 @@ def wait_running(serverurl: str = SERVERURL, timeout: float = 60.0) -> bool:
     return False
 
 
+# --- orphans ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Daemon:
+    """A live process running one of this checkout's ``daemons/*.py``."""
+
+    pid: int
+    program: str  # supervisord's name for it, else the script's
+    script: str  # daemons/<script>.py
+    ppid: int
+    start: int  # /proc/<pid>/stat starttime: a reused pid has another
+    config: str | None  # its STACK_CONFIG
+
+    @property
+    def rank(self) -> int:
+        """Its place in STOP_ORDER."""
+        return STOP_ORDER.index(self.script) if self.script in STOP_ORDER else len(STOP_ORDER)
+
+    def describe(self) -> str:
+        return f"{self.program} pid {self.pid} (parent {self.ppid}, config {self.config or '?'})"
+
+
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, starttime) of a process, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            rest = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return rest[0].decode(), int(rest[1]), int(rest[19])
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            items = f.read().split(b"\0")
+    except OSError:
+        return {}
+    return dict(i.decode(errors="replace").split("=", 1) for i in items if b"=" in i)
+
+
+def _script(pid: int, daemons_dir: str) -> str | None:
+    """The daemons/<name>.py this process runs, if it is one of ``daemons_dir``'s."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        scripts = [a for a in argv[1:] if a.endswith(".py")]
+        cwd = os.readlink(f"/proc/{pid}/cwd") if scripts else ""
+    except OSError:
+        return None
+    for arg in scripts:
+        path = os.path.realpath(os.path.join(cwd, arg))
+        if os.path.dirname(path) == daemons_dir:
+            return os.path.basename(path)[:-3]
+    return None
+
+
+def daemons(root: Path = config.ROOT, config_path: str | os.PathLike[str] | None = None) -> list[Daemon]:
+    """This checkout's daemons alive now (of the stack run with ``config_path``, if given)."""
+    daemons_dir = os.path.realpath(root / "daemons")
+    want = os.path.realpath(config_path) if config_path is not None else None
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        pid = int(d.name)
+        script = _script(pid, daemons_dir)
+        st = proc_stat(pid)
+        if script is None or st is None or st[0] in "ZX":
+            continue
+        env = _environ(pid)
+        cfg = env.get("STACK_CONFIG")
+        if want is not None and (cfg is None or os.path.realpath(cfg) != want):
+            continue
+        found.append(Daemon(pid, env.get("SUPERVISOR_PROCESS_NAME", script), script, st[1], st[2], cfg))
+    return sorted(found, key=lambda x: (x.rank, x.program, x.pid))
+
+
+def orphans(root: Path = config.ROOT, config_path: str | os.PathLike[str] | None = None) -> list[Daemon]:
+    """This checkout's daemons whose parent is not a supervisord."""
+    return [d for d in daemons(root, config_path) if not is_supervisord(d.ppid)]
+
+
+def alive(d: Daemon) -> bool:
+    """The same process still runs (not exited, not a zombie, pid not reused)."""
+    st = proc_stat(d.pid)
+    return st is not None and st[0] not in "ZX" and st[2] == d.start
+
+
+def _signal(d: Daemon, sig: signal.Signals) -> None:
+    if alive(d):
+        try:
+            os.kill(d.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_gone(ds: Iterable[Daemon], deadline: float) -> list[Daemon]:
+    left = [d for d in ds if alive(d)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [d for d in left if alive(d)]
+    return left
+
+
+def stop(ds: Iterable[Daemon], out: Callable[[str], None] = print, term_wait_s: float = TERM_WAIT_S) -> None:
+    """Stop these processes in STOP_ORDER: SIGTERM (and SIGCONT, should one be
+    frozen), wait for its orderly shutdown, SIGKILL what is left."""
+    by_rank: dict[int, list[Daemon]] = {}
+    for d in ds:
+        by_rank.setdefault(d.rank, []).append(d)
+    for rank in sorted(by_rank):
+        group = by_rank[rank]
+        t0 = time.monotonic()
+        for d in group:
+            out(f"stopping {d.describe()}: SIGTERM")
+            _signal(d, signal.SIGTERM)
+            _signal(d, signal.SIGCONT)
+        left = _wait_gone(group, t0 + term_wait_s)
+        for d in left:
+            out(f"{d.program} pid {d.pid} still runs {term_wait_s:g} s after SIGTERM: SIGKILL")
+            _signal(d, signal.SIGKILL)
+        for d in _wait_gone(left, time.monotonic() + 5.0):
+            out(f"{d.program} pid {d.pid} survived SIGKILL")
+        for d in group:
+            if d not in left:
+                out(f"stopped {d.program} pid {d.pid} in {time.monotonic() - t0:.1f} s")
+
+
+def sweep(root: Path = config.ROOT, config_path: str | os.PathLike[str] | None = None,
+          out: Callable[[str], None] = print, term_wait_s: float = TERM_WAIT_S) -> list[Daemon]:
+    """Find this checkout's daemons running without a supervisord, say so, stop them in order."""
+    found = orphans(root, config_path)
+    if found:
+        out(f"found {len(found)} program(s) of {root} running without supervisord "
+            "(a supervisord that died); stopping them in order:")
+        stop(found, out, term_wait_s)
+    return found
+
+
 def main(argv: list[str]) -> int:
+    cmd = argv[0] if argv else ""
+    if cmd == "sweep":
+        left = sweep()
+        return 1 if any(alive(d) for d in left) else 0
     try:
         cfg = config.load()
     except config.ConfigError as e:
         print(f"bad config: {e}", file=sys.stderr)
         return 2
-    cmd = argv[0] if argv else ""
     if cmd == "prepare":
         prepare(cfg)
     elif cmd == "render":

@@ -1,7 +1,7 @@
 """The fault tool (``deploy/fault``): break the stack on purpose, the way
 users do, and log every fault as one JSON line (daemon ``faults``).
 
-- ``kill`` a program with any signal, ``freeze`` it (SIGSTOP) for a while;
+- ``kill`` a program (or supervisord itself) with any signal, ``freeze`` it (SIGSTOP) for a while;
 - a fault ``proxy`` (``shared.ops.proxy``) placed on a link with ``[links]``,
   with toxics like Toxiproxy's, changed at run time over a small control socket;
 - remove or corrupt the book segment, tear a journal's last line, hide a
@@ -17,14 +17,11 @@ from __future__ import annotations
 import configparser
 import contextlib
 import datetime as dt
-import json
 import os
 import random
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import time
 import xmlrpc.client
 from collections.abc import Callable, Iterator
@@ -33,15 +30,15 @@ from typing import IO, Any
 
 import orjson
 
-from shared import book, config, logs
-from shared.ops.proxy import addr, toxic
+from shared import book, logs
+from shared.ops.proxy import toxic
+from shared.ops.proxyproc import FaultError as FaultError  # defined below us, raised by both
+from shared.ops.proxyproc import Proxy
+from shared.ops.proxyproc import control as control  # re-exported: the fault tool's API
+from shared.ops.proxyproc import free_port as free_port
 
 DAEMON = "faults"
 FREEZE_SIGNALS = (signal.SIGSTOP, signal.SIGCONT)
-
-
-class FaultError(Exception):
-    """A fault could not be injected (no such program, not running, …)."""
 
 
 # --- logging ------------------------------------------------------------------
@@ -117,13 +114,41 @@ def _signum(sig: int | str) -> signal.Signals:
     return signal.Signals(sig)
 
 
+SUPERVISORD = "supervisord"  # as a program name: supervisord itself
+
+
+def supervisord_pid(target: Any) -> int:
+    """supervisord's own pid (its XML-RPC ``getPID``)."""
+    try:
+        return int(_rpc(target).getPID())
+    except OSError as e:
+        where = getattr(target, "serverurl", target)
+        raise FaultError(f"supervisord at {where} is not reachable: {e.strerror or e}") from None
+
+
 def kill(target: Any, program: str, sig: int | str = signal.SIGKILL) -> int:
-    """Send ``sig`` to a supervised program; returns the pid it hit."""
+    """Send ``sig`` to a supervised program, or to supervisord itself
+    (``program`` = ``supervisord``); returns the pid it hit."""
     s = _signum(sig)
-    pid = pid_of(target, program)
+    pid = supervisord_pid(target) if program == SUPERVISORD else pid_of(target, program)
     os.kill(pid, s)
-    emit("fault_injected", target, fault="kill", program=program, pid=pid, signal=s.name)
+    emit("fault_injected", target, fault="kill", program=program, target_pid=pid, signal=s.name)
     return pid
+
+
+def wait_dead(pid: int, timeout: float = 10.0) -> None:
+    """Wait until a killed process is gone or a zombie (its sockets and pipes are closed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.0005)
+    raise FaultError(f"pid {pid} survived SIGKILL")
 
 
 @contextlib.contextmanager
@@ -132,13 +157,13 @@ def frozen(target: Any, program: str) -> Iterator[int]:
     pid = pid_of(target, program)
     os.kill(pid, signal.SIGSTOP)
     t0 = time.monotonic()
-    emit("fault_injected", target, fault="freeze", program=program, pid=pid, signal="SIGSTOP")
+    emit("fault_injected", target, fault="freeze", program=program, target_pid=pid, signal="SIGSTOP")
     try:
         yield pid
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
-        emit("fault_cleared", target, fault="freeze", program=program, pid=pid, signal="SIGCONT",
+        emit("fault_cleared", target, fault="freeze", program=program, target_pid=pid, signal="SIGCONT",
              frozen_ms=round((time.monotonic() - t0) * 1000))
 
 
@@ -260,121 +285,6 @@ def hold_port(port: int, host: str = "127.0.0.1", target: Any = None, listen: bo
         emit("fault_cleared", target, fault="port_held", host=host, port=port)
 
 
-def control(port: int, request: dict[str, Any], host: str = "127.0.0.1", timeout: float = 5.0) -> dict[str, Any]:
-    """Send one command to a proxy's control socket; its answer."""
-    with socket.create_connection((host, port), timeout=timeout) as s:
-        s.sendall(json.dumps(request).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(1 << 16)
-            if not chunk:
-                raise FaultError("proxy closed the control connection")
-            buf += chunk
-    reply: dict[str, Any] = json.loads(buf)
-    if not reply.get("ok"):
-        raise FaultError(f"proxy: {reply.get('error')}")
-    return reply
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Proxy:
-    """A fault proxy in a subprocess, for tests: ``with Proxy(upstream) as p: p.set(toxic(...))``.
-
-    ``listen`` is chosen now (``p.port``), so a stack's ``[links]`` can point at
-    it before the proxy or the stack starts.
-    """
-
-    def __init__(self, upstream: tuple[str, int] | str, listen: int | None = None, name: str = "",
-                 log_path: str | os.PathLike[str] | None = None) -> None:
-        self.upstream = addr(upstream) if isinstance(upstream, str) else upstream
-        self.port = listen or free_port()
-        self.control_port = free_port()
-        self.name = name
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        """``host:port`` to put in ``[links]``."""
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 15.0) -> Proxy:
-        """Start the proxy process and wait until its control socket answers."""
-        cmd = [sys.executable, "-m", "shared.ops.faultcmd", "proxy", "--listen", str(self.port),
-               "--upstream", f"{self.upstream[0]}:{self.upstream[1]}", "--control", str(self.control_port)]
-        if self.name:
-            cmd += ["--name", self.name]
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        try:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=config.ROOT)
-        finally:
-            if self.log_path:
-                out.close()  # type: ignore[union-attr]
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise FaultError(f"proxy {self.name} exited with {self.proc.returncode} at start")
-            try:
-                self.call({"op": "ping"}, timeout=1.0)
-                return self
-            except (OSError, FaultError):
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise FaultError(f"proxy {self.name} did not answer in {timeout} s") from None
-                time.sleep(0.05)
-
-    def call(self, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-        return control(self.control_port, request, timeout=timeout)
-
-    def set(self, *toxics: dict[str, Any]) -> dict[str, Any]:
-        """Replace the active toxics."""
-        return self.call({"op": "set", "toxics": list(toxics)})
-
-    def clear(self) -> dict[str, Any]:
-        return self.call({"op": "clear"})
-
-    def stats(self) -> dict[str, Any]:
-        return self.call({"op": "stats"})
-
-    def drop(self) -> dict[str, Any]:
-        """Reset every proxied connection now."""
-        return self.call({"op": "drop"})
-
-    @contextlib.contextmanager
-    def toxics(self, *toxics: dict[str, Any]) -> Iterator[Proxy]:
-        """The toxics for the ``with`` block, cleared after it."""
-        self.set(*toxics)
-        try:
-            yield self
-        finally:
-            self.clear()
-
-    def stop(self) -> None:
-        """Terminate the proxy process (kill it if it lingers)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-
-    def __enter__(self) -> Proxy:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-
 # --- the menu -----------------------------------------------------------------
 
 Fault = Callable[[Any], dict[str, Any]]
@@ -396,8 +306,15 @@ def _kill_fault(program: str, sig: signal.Signals) -> Fault:
 def _freeze_fault(program: str) -> Fault:
     def run(stack: Any) -> dict[str, Any]:
         pid = freeze(stack, program, _hold_s(stack))
-        return {"fault": f"freeze_{program}", "restarted": {}, "pid": pid}
+        return {"fault": f"freeze_{program}", "restarted": {}, "target_pid": pid}
     return run
+
+
+def _kill9_supervisord(stack: Any) -> dict[str, Any]:
+    # Nothing restarts supervisord: "up" asks the caller to do what deploy/up does
+    # (Stack.up: stop the orphans in order, start afresh); its programs all get new pids.
+    wait_dead(kill(stack, SUPERVISORD, signal.SIGKILL))
+    return {"fault": "kill9_supervisord", "restarted": {}, "up": True}
 
 
 def _segment_remove(stack: Any) -> dict[str, Any]:
@@ -410,12 +327,14 @@ def _segment_torn(stack: Any) -> dict[str, Any]:
     return {"fault": "segment_torn", "restarted": {}}
 
 
-PROGRAMS = ("auditor", "bootstrap", "gateway", "orderbook", "ordermanager", "strategy")
+PROGRAMS = ("auditor", "bootstrap", "gateway", "metrics", "orderbook", "ordermanager", "strategy")
 
 # name -> fault(stack) -> {"fault", "restarted": {program: old pid}, …}; each
-# one the stack heals from by itself. Blocking ones (freeze) return after
-# the thaw.
+# one the stack heals from by itself, but for those returning "up": True
+# (supervisord killed), after which the caller runs ``Stack.up()`` as a person
+# runs deploy/up. Blocking ones (freeze) return after the thaw.
 MENU: dict[str, Fault] = {
+    "kill9_supervisord": _kill9_supervisord,
     **{f"kill9_{p}": _kill_fault(p, signal.SIGKILL) for p in PROGRAMS},
     **{f"sigterm_{p}": _kill_fault(p, signal.SIGTERM) for p in PROGRAMS if p != "auditor"},
     **{f"freeze_{p}": _freeze_fault(p) for p in ("gateway", "orderbook", "ordermanager", "strategy")},

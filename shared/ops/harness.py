@@ -25,8 +25,9 @@ from typing import Any
 from supervisor.xmlrpc import SupervisorTransport
 
 from shared import book, config
+from shared.ops import ctl
 
-PROGRAMS = ("auditor", "bootstrap", "gateway", "orderbook", "ordermanager", "strategy")
+PROGRAMS = ("auditor", "bootstrap", "gateway", "metrics", "orderbook", "ordermanager", "strategy")
 
 
 def free_port() -> int:
@@ -45,6 +46,8 @@ def _toml_value(v: Any) -> str:
         return json.dumps(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table, e.g. [risk] clients = {"c1" = {max_position = 5}}
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
@@ -76,6 +79,7 @@ class Stack:
                                    journal=str(self.logs / "orders.jsonl"))
         doc["book"]["segment"] = self.segment
         doc["auditor"] = {"log": str(self.logs / "audit.log")}
+        doc["metrics"] = {"host": "127.0.0.1", "port": free_port()}
         for section, values in (overrides or {}).items():
             if isinstance(values, dict):
                 doc.setdefault(section, {}).update(values)
@@ -104,24 +108,37 @@ class Stack:
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> Stack:
         """Start supervisord (it daemonizes) and wait for every program to run."""
+        pidfile = self.run / "supervisord.pid"
+        pidfile.unlink(missing_ok=True)  # a killed supervisord leaves its own
+        # Its start-up words ("Unlinking stale socket") go to stderr: a tool's stdout is its report.
         subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf)],
-                       env=self.env, check=True, cwd=self.dir)
+                       env=self.env, check=True, cwd=self.dir, stdout=2)
         deadline = time.monotonic() + timeout
-        while not (self.run / "supervisord.pid").exists():
+        while not (text := pidfile.read_text().strip() if pidfile.exists() else ""):
             if time.monotonic() > deadline:
                 raise TimeoutError("supervisord wrote no pid file")
             time.sleep(0.05)
-        self.pid = int((self.run / "supervisord.pid").read_text())
+        self.pid = int(text)
         if wait:
             self.wait_running(timeout=timeout)
             self.wait_ready(timeout=timeout)
         return self
 
+    def up(self, timeout: float = 30.0, out: Any = None) -> list[ctl.Daemon]:
+        """What ``deploy/up`` does when supervisord is not running: stop this
+        stack's orphans in order, then start afresh. Returns the orphans found."""
+        if self.pid is not None and _alive(self.pid):
+            return []
+        found = ctl.sweep(config.ROOT, self.config_path, out or (lambda _: None))
+        self.start(timeout=timeout)
+        return found
+
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the servers listen and the book is fresh: RUNNING only
         means a program stayed up for ``startsecs``."""
         def ready() -> bool:
-            if len(self.events("gateway", "listening")) < 2 or not self.events("ordermanager", "listening"):
+            if (len(self.events("gateway", "listening")) < 2 or not self.events("ordermanager", "listening")
+                    or not self.events("metrics", "listening")):
                 return False
             try:
                 seg = book.Segment.attach(self.segment)
@@ -183,6 +200,7 @@ class Stack:
             if _alive(self.pid):
                 _kill(self.pid, signal.SIGKILL)
             self.pid = None
+        ctl.sweep(config.ROOT, self.config_path, lambda _: None)  # what a killed supervisord left
         book.unlink(self.segment)
         shutil.rmtree(self.run, ignore_errors=True)
 
@@ -240,11 +258,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie, which pid 1 reaps when it will, counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
         return False
-    return True
 
 
 def _kill(pid: int, sig: int) -> None:

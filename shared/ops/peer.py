@@ -9,7 +9,7 @@ import ssl
 import time
 from typing import Any, Self
 
-from shared.protocol import PROTO, FrameDecoder, Logon, LogonAck, Message, Order, frame
+from shared.protocol import PROTO, FrameDecoder, Logon, LogonAck, Message, Order, Reject, frame
 
 
 class Peer:
@@ -64,12 +64,24 @@ class Peer:
         self.close()
 
 
+class Refused(Exception):
+    """The ordermanager answered a logon with a reject."""
+
+    def __init__(self, reject: Reject) -> None:
+        super().__init__(f"{reject.reason}: {reject.detail}")
+        self.reject = reject
+
+
 class OrderClient(Peer):
     """An order-entry client: ``logon()``, then ``order(...)``."""
 
-    def logon(self, client_id: str, token: str) -> LogonAck:
-        self.send(Logon(proto=PROTO, client_id=client_id, token=token))
-        return self.recv_type(LogonAck)
+    def logon(self, client_id: str, token: str, instance: str | None = None) -> LogonAck:
+        """Log on (as this client process ``instance``, if given); raises Refused on a reject."""
+        self.send(Logon(proto=PROTO, client_id=client_id, token=token, instance=instance))
+        ack = self.recv_type(LogonAck, Reject)
+        if isinstance(ack, Reject):
+            raise Refused(ack)
+        return ack
 
     def order(self, order_id: str, symbol: str, side: str, qty: int, price: float,
               tick_ts_ns: int | None = None) -> None:

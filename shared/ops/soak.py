@@ -69,11 +69,15 @@ def run(seconds: float, seed: int, workdir: Path, gap: float = 0.5) -> dict[str,
             t0 = time.monotonic()
             try:
                 info = menu[name](stack)
+                if info.get("up"):  # supervisord killed: what a person does, deploy/up
+                    orphans = stack.up()
+                    faults.emit("stack_up", stack, level="info", orphans=[d.describe() for d in orphans])
                 healed(stack, restarted=info.get("restarted"))
                 recoveries[name].append(time.monotonic() - t0)
-            except (NotHealed, faults.FaultError) as e:
+            except (NotHealed, faults.FaultError, TimeoutError) as e:
                 failures.append(f"{name}: {e}")
                 print(f"  NOT HEALED: {e}", file=sys.stderr, flush=True)
+                stack.up()  # a no-op while supervisord runs
                 healed(stack, timeout=120)  # carry on only from a healed stack
             time.sleep(rng.uniform(0, gap))
         problems = journal_problems(stack.journal(), stack.cfg.strategy.client_id, stack.cfg.strategy.qty)
