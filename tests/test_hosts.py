@@ -84,9 +84,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def test_four_hosts_trade_each_running_only_its_roles(fleet: Cluster) -> None:
     c = fleet
-    assert set(c["md1"].status()) == {"auditor", "gateway"}
-    assert set(c["trader1"].status()) == {"auditor", "bootstrap", "orderbook", "strategy"}
-    assert set(c["om1"].status()) == {"auditor", "ordermanager"}
+    watch = {"auditor", "metrics"}  # on every host
+    assert set(c["md1"].status()) == {"gateway"} | watch
+    assert set(c["trader1"].status()) == {"bootstrap", "orderbook", "strategy"} | watch
+    assert set(c["om1"].status()) == {"ordermanager"} | watch
     # over the md and oe links, with the token and TLS the playbook set up
     subs = {r["peer"].split(":")[0] for r in c["md1"].events("gateway", "connected")}
     assert subs == {c["trader1"].addr("md"), c["trader2"].addr("md")}
@@ -100,7 +101,7 @@ def test_four_hosts_trade_each_running_only_its_roles(fleet: Cluster) -> None:
     for h in c.hosts.values():
         r = subprocess.run([sys.executable, "-m", "shared.ops.audit", "--logs", str(h.project / "logs"), "--json"],
                            capture_output=True, text=True, timeout=60, check=True)
-        assert set(json.loads(r.stdout)["programs"]) >= set(h.status()) - {"auditor"}, h.name
+        assert set(json.loads(r.stdout)["programs"]) >= set(h.status()) - {"auditor", "metrics"}, h.name
 
 
 def test_bench_hosts_measures_the_floor_and_the_stack_across_the_veths(fleet: Cluster) -> None:
@@ -181,7 +182,7 @@ def test_trader_host_lost_then_brought_back_by_the_playbook(fleet: Cluster) -> N
     assert t1.status() == {}
     r = c.playbook("-l", "trader1", "-e", "restart=strategy")
     assert "trader1" in r.stdout and "failed=0" in r.stdout
-    assert set(t1.status()) == {"auditor", "bootstrap", "orderbook", "strategy"}
+    assert set(t1.status()) == {"auditor", "metrics", "bootstrap", "orderbook", "strategy"}
     first = trading(c, "trader1", back)
     logon = events_since(t1, "strategy", "logged_on", back)[-1]
     print(f"\ntrader1 lost for {back - t0:.1f} s, back and trading {first - back:.1f} s after power-on "
