@@ -13,11 +13,12 @@ import contextlib
 import errno
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from shared.ops.faults import FaultError, emit
+from shared.ops.faults import Fault, FaultError, emit
 
 BALLAST = ".tradestack-ballast"
 MAX_FILL = 1 << 30  # refuse to fill more than this unless told: it is the whole filesystem's free space
@@ -88,3 +89,12 @@ def tmpfs(mountpoint: str | os.PathLike[str], size: int) -> Iterator[Path]:
         # A process that still has a file open there keeps it busy: detach it anyway (lazy).
         if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(mnt)], check=True, capture_output=True)
+
+
+def full_for(directory: str | os.PathLike[str], seconds: float = 2.0) -> Fault:
+    """A menu entry ``disk_full_journal``: the filesystem under ``directory`` full for ``seconds``."""
+    def run(stack: Any) -> dict[str, Any]:
+        with full(directory, stack):
+            time.sleep(seconds)
+        return {"fault": "disk_full_journal", "restarted": {}}
+    return run
