@@ -136,7 +136,8 @@ class Journal:
         self.error = ""  # why the last write failed
         self._down_since = 0.0
         self._failed_logged_at = -LOG_EVERY_S
-        self._failures = 0
+        self._failures = 0  # failed writes not logged yet
+        self._outage_logged = False
         self._pending_cp: bytes | None = None  # a checkpoint not written yet
         self._retry_at = 0.0  # of a failed roll or checkpoint
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -334,13 +335,15 @@ class Journal:
         if now - self._failed_logged_at >= LOG_EVERY_S:
             self.log.error("journal_write_failed", path=self.path, errno=errno_name(e), error=e.strerror or str(e),
                            orders=n, failures=self._failures, refused=self.refused)
-            self._failed_logged_at, self._failures = now, 0
+            self._failed_logged_at, self._failures, self._outage_logged = now, 0, True
         self.error = e.strerror or str(e)
 
     def _writable(self) -> None:
         self.available = True
-        self.log.info("journal_writable", path=self.path, down_ms=round((time.monotonic() - self._down_since) * 1000),
-                      refused=self.refused)
+        if self._outage_logged:  # paired with its journal_write_failed: both at most every LOG_EVERY_S
+            self._outage_logged = False
+            self.log.info("journal_writable", path=self.path, refused=self.refused,
+                          down_ms=round((time.monotonic() - self._down_since) * 1000))
 
     def may_try(self, now: float) -> bool:
         """Whether orders may be staged now: writable, or time to try a write again."""

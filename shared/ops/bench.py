@@ -390,8 +390,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--kills", type=int, help="kill -9 runs per program (default 5)")
     ap.add_argument("--out", default="logs/bench.md", help="markdown report (a .png beside it)")
     ap.add_argument("--keep", action="store_true", help="keep the stacks' directories (logs, journal)")
+    ap.add_argument("--journal", action="store_true",
+                    help="the journal's figures instead: restart after N orders, RSS, a full disk (issue 8)")
+    ap.add_argument("--orders", type=int, help="with --journal: orders in the journal (default 5,000,000)")
     args = ap.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
+    if args.journal:
+        from shared.ops import benchjournal  # it uses this module's helpers
+
+        return benchjournal.main(args, argv)
     plan = QUICK if args.quick else Plan()
     overrides = {"feed_s": args.duration, "t2t_s": args.t2t_duration, "kills": args.kills}
     plan = Plan(**{**plan.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
