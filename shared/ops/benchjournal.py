@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -30,7 +31,7 @@ import msgspec
 from shared import config
 from shared.journal import Entry
 from shared.journalfiles import CHECKPOINT, Checkpoint, encode_checkpoint, write_atomically
-from shared.ops import disk, loopback
+from shared.ops import disk, faults, loopback
 from shared.ops.bench import recover_ordermanager, say
 from shared.ops.benchreport import journal_notes, journal_rows, journal_table
 from shared.ops.harness import Stack
@@ -229,6 +230,7 @@ def run(plan: JournalPlan, workdir: Path) -> dict[str, Any]:
 
 def main(args: argparse.Namespace, argv: list[str]) -> int:
     """deploy/bench --journal [--quick] [--orders N] [--out PATH]."""
+    faults.configure_log(sys.stderr.buffer)  # the fault records beside the progress; stdout is the table
     plan = QUICK if args.quick else JournalPlan()
     if args.orders is not None:
         plan = JournalPlan(**{**plan.__dict__, "orders": args.orders})
