@@ -171,7 +171,7 @@ class OrderManager:
         if o.qty > self.max_qty:
             self._reject(conn, o.order_id, "risk", f"qty {o.qty} over the limit {self.max_qty}")
             return
-        if not j.may_try(time.monotonic()):
+        if not j.available and not j.may_try(time.monotonic()):
             j.refused += 1
             self._reject(conn, o.order_id, "unavailable", f"journal unavailable: {j.error}")
             return
