@@ -23,7 +23,7 @@ from shared.ops import disk, faults
 from shared.ops.harness import Stack
 from shared.ops.invariants import healed
 from shared.ops.peer import OrderClient
-from shared.protocol import Ack, LogonAck, Reject
+from shared.protocol import Ack, Heartbeat, LogonAck, Reject
 
 pytestmark = pytest.mark.faults
 
@@ -125,7 +125,7 @@ def test_disk_full_under_the_journal_while_a_client_trades(tmp_path: Path) -> No
             stack.start()
             healed(stack)
             pid = stack.pids()["ordermanager"]
-            n_log = len(stack.log("ordermanager"))
+            n_log, n_strategy = len(stack.log("ordermanager")), len(stack.log("strategy"))
             om = stack.cfg.ordermanager
             c = OrderClient(om.host, om.port, timeout=10)
             c.logon("disk-1", stack.token)
@@ -163,6 +163,13 @@ def test_disk_full_under_the_journal_while_a_client_trades(tmp_path: Path) -> No
                     assert isinstance(c2.logon("disk-2", stack.token), LogonAck)
                 failed = stack.wait_for(lambda: new_events(stack, "ordermanager", n_log, "journal_write_failed"))
                 assert failed[0]["errno"] == "ENOSPC" and failed[0]["level"] == "error", failed
+
+                def strategy_refused() -> list[dict[str, Any]]:
+                    c.send(Heartbeat(ts_ns=time.time_ns()))  # our link stays up while we wait
+                    return [r for r in new_events(stack, "strategy", n_strategy, "order_refused")
+                            if r["reason"] == "unavailable"]
+
+                stack.wait_for(strategy_refused, timeout=60)  # the strategy's own orders meet the full disk too
                 for _ in range(20):
                     assert isinstance(trade(), Reject)
             t_free = time.monotonic()
@@ -175,6 +182,7 @@ def test_disk_full_under_the_journal_while_a_client_trades(tmp_path: Path) -> No
             stack.wait_for(lambda: new_events(stack, "ordermanager", n_log, "journal_writable"))
             assert len(new_events(stack, "ordermanager", n_log, "journal_write_failed")) == 1  # not once per order
             assert stack.pids()["ordermanager"] == pid  # no crash, no restart
+            assert not [r for r in new_events(stack, "strategy", n_strategy, "disconnected") if r["stream"] == "orders"]
             assert not [r for r in stack.audit() if r["process"] == "ordermanager" and r["to_state"] == "EXITED"]
             healed(stack, acks=[("disk-1", oid, no) for oid, no in acked.items()])
             mine = [e["order_id"] for e in stack.journal() if e["client_id"] == "disk-1"]
