@@ -169,20 +169,20 @@ class Journal:
                 self.log.warning("journal_checkpoint_missing", path=self.path + CHECKPOINT, segments=len(closed))
         covered = self.closed
         behind = [(n, p) for n, p in closed if n > covered]
-        read = 0
+        n_read = 0
         for n, p in behind:  # closed after the checkpoint was written (a roll cut short), or no checkpoint
             if n != self.closed + 1:
                 self.log.error("journal_segment_missing", path=f"{self.path}.{self.closed + 1}")
-            read += self._replay(str(p), repair=False)
+            n_read += self._replay(str(p), repair=False)
             self.closed = n
             self._trim(list(self.window))
         if behind:
             self._write_checkpoint(self._checkpoint())
-        read += self._replay(self.path, repair=True)
+        n_read += self._replay(self.path, repair=True)
         self._trim(list(self.window))
         self.committed_no = self.last_no
         self.log.info("journal_loaded", path=self.path, orders=self.orders, last_order_no=self.last_no,
-                      segments=self.closed, read=read, window=sum(map(len, self.window.values())),
+                      segments=self.closed, read=n_read, window=sum(map(len, self.window.values())),
                       ms=round((time.monotonic() - t0) * 1000, 1))
 
     def _restore(self, cp: Checkpoint) -> None:
