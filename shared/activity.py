@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from shared import config, halt, pnl
+from shared.journal import closed_segments
 from shared.tail import Tail
 
 WINDOW_S = 60.0  # tick-to-trade and rejects "over the last minute"
@@ -29,12 +30,6 @@ NOTABLE = {"order_received", "order_rejected", "reconnected", "disconnected", "g
            "fault_cleared", "client_halted", "client_resumed", "book_stale", "book_fresh", "segment_created",
            "segment_repaired", "process_state", "started", "crashed"}
 AUDIT, FAULTS = "audit", "faults"
-
-
-def journal_files(path: Path) -> list[Path]:
-    """The journal's segments in order: the closed ones (``path.1``, ``path.2`` …), then the open one (§8)."""
-    closed = [p for p in path.parent.glob(path.name + ".*") if p.suffix[1:].isdigit()]
-    return sorted(closed, key=lambda p: int(p.suffix[1:])) + [path]
 
 
 def parse(line: bytes) -> dict[str, Any] | None:
@@ -115,8 +110,7 @@ class Activity:
     # --- sources ----------------------------------------------------------------
 
     def _load_journal(self) -> Tail:
-        files = journal_files(self.journal)
-        for p in files[:-1]:
+        for _, p in closed_segments(self.journal):
             self._entries(Tail(p, "start"), history=True)
         tail = Tail(self.journal, "start")
         self._entries(tail, history=True)

@@ -221,6 +221,12 @@ class Segment:
         """Create a new segment (mode 0600) with the magic written last."""
         roff, size = layout(len(symbols))
         shm = _open(name, True, size)
+        try:  # every page now: a full /dev/shm is an error here, not a SIGBUS at the first write
+            os.posix_fallocate(shm._fd, 0, size)  # type: ignore[attr-defined]
+        except OSError:
+            shm.close()
+            shm.unlink()
+            raise
         buf = shm.buf
         assert buf is not None
         _HDR.pack_into(buf, 0, b"\0" * 8, VERSION, len(symbols), len(symbols), RECORD_SIZE, HEADER_SIZE, roff)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import time
 from typing import Any
 
 from shared import config as config_mod
 from shared.book import CHECK_S, BookError, Segment, SegmentMissing
+from shared.net import Retry
 
 
 class Keeper:
@@ -16,6 +18,7 @@ class Keeper:
         self.cfg, self.log = cfg, log
         self.name = cfg.book.segment
         self.seg: Segment | None = None
+        self.retry = Retry(log, "segment_open_failed", "error", segment=self.name)
         self.ensure()
 
     def ensure(self) -> None:
@@ -27,6 +30,10 @@ class Keeper:
                 seg = Segment.create(self.name, self.cfg.symbols)
             except FileExistsError:  # someone raced us: validate theirs next turn
                 return
+            except OSError as e:
+                self._failed("create", e)
+                return
+            self.retry.succeeded()
             self.seg = seg
             self.log.info("segment_created", segment=self.name, generation=seg.generation,
                           size=seg.size, symbols=seg.symbols)
@@ -34,6 +41,9 @@ class Keeper:
         except BookError as e:  # never wiped: a person decides (deploy/down removes it)
             self.log.error("segment_incompatible", segment=self.name, error=str(e))
             raise SystemExit(1) from None
+        except OSError as e:
+            self._failed("attach", e)
+            return
         try:
             seg.check_symbols(self.cfg.symbols)
         except BookError as e:
@@ -43,8 +53,14 @@ class Keeper:
         self.seg = seg
         self.log.info("segment_attached", segment=self.name, generation=seg.generation, size=seg.size)
 
+    def _failed(self, op: str, e: OSError) -> None:
+        """/dev/shm full, no fd left, …: not fatal, tried again with backoff."""
+        self.retry.failed(time.monotonic(), e.strerror or str(e), op=op, errno=errno.errorcode.get(e.errno or 0))
+
     def step(self) -> None:
         time.sleep(CHECK_S)
+        if self.seg is None and not self.retry.due(time.monotonic()):
+            return
         if self.seg is None or self.seg.replaced():
             if self.seg is not None:
                 self.log.error("segment_missing", segment=self.name)

@@ -50,6 +50,9 @@ class OrderManager:
     token_file: str = "deploy/order.token"
     journal: str = "logs/orders.jsonl"
     journal_sync: str = "write"  # "write": in the OS before the ack; "fsync": on disk
+    journal_segment_bytes: int = 16_777_216  # the open segment is closed (rolled) past this size
+    journal_roll_at: str = ""  # "HH:MM" UTC: also roll at this session boundary each day ("": never)
+    journal_window: int = 8192  # order ids kept per client for de-duplication (at least)
     heartbeat_ms: int = 250
     max_qty: int = 1_000_000
     max_clients: int = 1024
@@ -284,8 +287,24 @@ def _validate(cfg: Config) -> None:
         if v and not (host and port.isdigit() and 1 <= int(port) <= 65535):
             raise ConfigError(f"links.{name}: expected 'host:port', got {v!r}")
     _validate_hosts(cfg)
-    if cfg.ordermanager.journal_sync not in ("write", "fsync"):
+    om = cfg.ordermanager
+    if om.journal_sync not in ("write", "fsync"):
         raise ConfigError("ordermanager.journal_sync: must be 'write' or 'fsync'")
+    if om.journal_segment_bytes < 4096:
+        raise ConfigError("ordermanager.journal_segment_bytes: must be >= 4096")
+    if om.journal_window < 64:
+        raise ConfigError("ordermanager.journal_window: must be >= 64")
+    roll_at_minute(om.journal_roll_at)
+
+
+def roll_at_minute(value: str) -> int | None:
+    """``ordermanager.journal_roll_at`` ("HH:MM" UTC, or empty) as minutes after midnight, or None."""
+    if not value:
+        return None
+    hh, sep, mm = value.partition(":")
+    if not (sep and len(hh) == len(mm) == 2 and hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
+        raise ConfigError(f"ordermanager.journal_roll_at: expected 'HH:MM' (UTC) or '', got {value!r}")
+    return int(hh) * 60 + int(mm)
 
 
 def _validate_hosts(cfg: Config) -> None:

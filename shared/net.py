@@ -251,11 +251,12 @@ class Retry:
     def due(self, now: float) -> bool:
         return now >= self.next_at
 
-    def failed(self, now: float, error: str) -> None:
+    def failed(self, now: float, error: str, event: str | None = None, **extra: Any) -> None:
+        """Log this failure (as ``event``, by default the schedule's own, with ``extra`` fields) and back off."""
         self.attempt += 1
         delay = backoff(self.attempt)
         self.next_at = now + delay
-        getattr(self.log, self.level)(self.event, **self.fields, attempt=self.attempt,
+        getattr(self.log, self.level)(event or self.event, **self.fields, **extra, attempt=self.attempt,
                                       delay_ms=round(delay * 1000), error=error)
 
     def succeeded(self) -> None:

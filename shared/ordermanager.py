@@ -17,7 +17,8 @@ from shared import config as config_mod
 from shared import logs, tls
 from shared.halt import HaltWatch
 from shared.journal import Entry, Journal
-from shared.net import Conn, Loop, Server
+from shared.journalfiles import JournalLocked, errno_name
+from shared.net import Conn, Loop, Retry, Server
 from shared.owners import Owners, taken_over
 from shared.protocol import PROTO, Ack, BadFrame, BadMessage, Heartbeat, Logon, LogonAck, Message, Order, Reject, frame
 from shared.risk import Risk
@@ -46,15 +47,16 @@ class OrderManager:
     def __init__(self, cfg: config_mod.Config, log: Any) -> None:
         om = cfg.ordermanager
         self.cfg, self.log = cfg, log
-        token_path = cfg.resolve(om.token_file)
-        try:
-            self.token = token_path.read_text().strip().encode()
-        except OSError as e:
-            log.error("token_unreadable", path=str(token_path), error=str(e))
-            raise SystemExit(2) from None
-        self.journal = Journal(str(cfg.resolve(om.journal)), om.journal_sync, log)
+        self.token_path = cfg.resolve(om.token_file)
+        self.journal_path = str(cfg.resolve(om.journal))
+        # Neither is there yet: each is retried with backoff, and the port is bound only once both are.
+        self.token = b""
+        self.journal: Journal  # set once the lock is ours and the journal loaded
+        self.ready = False
+        self.token_retry = Retry(log, "token_unreadable", "error", path=str(self.token_path))
+        self.lock_retry = Retry(log, "journal_locked", "warning", path=self.journal_path)
         self.risk = Risk(cfg.risk)
-        self.halts = HaltWatch(str(cfg.resolve(om.journal)), log)
+        self.halts = HaltWatch(self.journal_path, log)
         self.risk.halted = self.halts.load()
         self.session = uuid.uuid4().hex[:16]
         self.hb_s = om.heartbeat_ms / 1000
@@ -70,8 +72,39 @@ class OrderManager:
         self.conns: set[Conn] = set()
         self.clients: dict[str, Conn] = {}
         self.owners = Owners()
-        self.acks: list[tuple[Conn, bytes]] = []
+        # This turn's answers in arrival order: (conn, order_id, order_no, duplicate, order or None, recv_ns).
+        self.acks: list[tuple[Conn, str, int, bool, Order | None, int]] = []
         self.next_housekeeping = 0.0
+
+    def _ready(self, now: float) -> bool:
+        """Read the token, then take and load the journal, each retried with backoff until it works."""
+        if not self.token and self.token_retry.due(now):
+            try:
+                token = self.token_path.read_text().strip().encode()
+                if not token:
+                    raise ValueError("the file is empty")
+            except (OSError, ValueError, UnicodeDecodeError) as e:
+                self.token_retry.failed(now, getattr(e, "strerror", None) or str(e))
+            else:
+                self.token = token
+                if self.token_retry.attempt:
+                    self.log.info("token_read", path=str(self.token_path))
+                self.token_retry.succeeded()
+        if self.token and self.lock_retry.due(now):
+            om = self.cfg.ordermanager
+            try:
+                self.journal = Journal(self.journal_path, om.journal_sync, self.log, om.journal_segment_bytes,
+                                       config_mod.roll_at_minute(om.journal_roll_at), om.journal_window)
+            except JournalLocked as e:
+                self.lock_retry.failed(now, str(e), holder_pid=e.holder)
+            except OSError as e:
+                self.lock_retry.failed(now, e.strerror or str(e), "journal_open_failed", errno=errno_name(e))
+            else:
+                if self.lock_retry.attempt:
+                    self.log.info("journal_lock_acquired", path=self.journal_path, attempts=self.lock_retry.attempt)
+                self.lock_retry.succeeded()
+                self.ready = True
+        return self.ready
 
     def _accept(self, sock: Any, peer: str) -> None:
         if len(self.conns) >= self.cfg.ordermanager.max_clients:
@@ -146,10 +179,10 @@ class OrderManager:
 
     def _order(self, conn: Conn, cid: str, o: Order) -> None:
         recv_ns = time.time_ns()
-        no = self.journal.lookup(cid, o.order_id)
-        if no is not None:
-            self.acks.append((conn, frame(Ack(order_id=o.order_id, order_no=no, duplicate=True))))
-            self.log.info("order_duplicate", order_id=o.order_id, client_id=cid, order_no=no)
+        j = self.journal
+        no = j.lookup(cid, o.order_id)
+        if no is not None:  # a duplicate: answered with the turn (it may be this turn's order)
+            self.acks.append((conn, o.order_id, no, True, None, recv_ns))
             return
         if o.symbol not in self.symbols:
             self._reject(conn, o.order_id, "risk", f"unknown symbol {o.symbol!r}")
@@ -161,13 +194,13 @@ class OrderManager:
         if refusal is not None:
             self._reject(conn, o.order_id, "risk", refusal)
             return
-        no = self.journal.last_no + 1
-        self.journal.stage(Entry(no, o.order_id, cid, o.symbol, o.side, o.qty, o.price, o.ts_ns, o.tick_ts_ns,
-                                 recv_ns))
-        self.acks.append((conn, frame(Ack(order_id=o.order_id, order_no=no, duplicate=False))))
-        logs.hot("order_received", order_no=no, order_id=o.order_id, client_id=cid, symbol=o.symbol,
-                 side=o.side, qty=o.qty, price=o.price, latency_us=(recv_ns - o.tick_ts_ns) // 1000,
-                 msg=f"Received Order {no}: {o.side} {o.qty} {o.symbol} @ {o.price:.2f}")
+        if not j.available and not j.may_try(time.monotonic()):
+            j.refused += 1
+            self._reject(conn, o.order_id, "unavailable", f"journal unavailable: {j.error}")
+            return
+        no = j.last_no + 1
+        j.stage(Entry(no, o.order_id, cid, o.symbol, o.side, o.qty, o.price, o.ts_ns, o.tick_ts_ns, recv_ns))
+        self.acks.append((conn, o.order_id, no, False, o, recv_ns))
 
     def _pre_trade(self, cid: str, o: Order) -> str | None:
         """The client's halt and risk limits (shared.risk): None, or why the order is refused."""
@@ -181,16 +214,30 @@ class OrderManager:
             self.risk.halted = halted
 
     def _commit(self) -> None:
-        """Group commit: journal first, then the log lines, then the acks."""
-        self.journal.commit()
-        if self.acks:
-            logs.flush()
-            out: dict[Conn, bytearray] = {}
-            for conn, ack in self.acks:
-                out.setdefault(conn, bytearray()).extend(ack)
-            self.acks.clear()
-            for conn, acks in out.items():
-                conn.write(acks)
+        """Group commit: journal first, then the log lines, then the acks. A
+        failed write turns the turn's new orders into ``unavailable`` rejects."""
+        if not self.acks:
+            return
+        j = self.journal
+        ok = j.commit()
+        out: dict[Conn, bytearray] = {}
+        for conn, oid, no, dup, o, recv_ns in self.acks:
+            if not ok and no > j.committed_no:  # staged this turn, taken out again
+                j.refused += 1
+                self._reject(conn, oid, "unavailable", f"journal unavailable: {j.error}")
+                continue
+            if dup:
+                self.log.info("order_duplicate", order_id=oid, client_id=conn.state.client_id, order_no=no)
+            elif o is not None:
+                logs.hot("order_received", order_no=no, order_id=oid, client_id=conn.state.client_id,
+                         symbol=o.symbol, side=o.side, qty=o.qty, price=o.price,
+                         latency_us=(recv_ns - o.tick_ts_ns) // 1000,
+                         msg=f"Received Order {no}: {o.side} {o.qty} {o.symbol} @ {o.price:.2f}")
+            out.setdefault(conn, bytearray()).extend(frame(Ack(order_id=oid, order_no=no, duplicate=dup)))
+        self.acks.clear()
+        logs.flush()
+        for conn, acks in out.items():
+            conn.write(acks)
 
     def step(self) -> None:
         # Read first, then judge silence: after a long deschedule the peers'
@@ -200,6 +247,11 @@ class OrderManager:
         now = time.monotonic()
         if now >= self.next_housekeeping:
             self.next_housekeeping = now + min(0.05, self.hb_s / 4)
+            if not self.ready and not self._ready(now):
+                retry = self.lock_retry if self.token else self.token_retry
+                self.next_housekeeping = max(retry.next_at, now + 0.01)
+                return  # not bound: nobody can connect yet
+            self.journal.tick()
             self.server.poll(now)
             self._poll_halts(now)
             logon_timeout = self.cfg.ordermanager.logon_timeout_ms / 1000
@@ -221,4 +273,5 @@ class OrderManager:
         for conn in list(self.conns):
             conn.flush_blocking(deadline)
             conn.close("shutdown")
-        self.journal.close()
+        if self.ready:
+            self.journal.close()

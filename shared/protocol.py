@@ -119,10 +119,10 @@ class Ack(_Msg, tag="ack", frozen=True):
 
 
 class Reject(_Msg, tag="reject", frozen=True):
-    """An order or frame refused, with a reason code of contract §4."""
+    """An order or frame refused, with a reason code of contract §4 (and §8's ``unavailable``)."""
 
     order_id: str | None
-    reason: Literal["bad_frame", "bad_message", "not_logged_on", "unauthorized", "risk"]
+    reason: Literal["bad_frame", "bad_message", "not_logged_on", "unauthorized", "risk", "unavailable"]
     detail: str
 
 

@@ -99,7 +99,7 @@ class Trader:
         try:
             seg = Segment.attach(name)
             seg.check_symbols(self.cfg.symbols)
-        except BookError as e:
+        except (BookError, OSError) as e:  # OSError: no fd left, …
             self.attach.failed(now, str(e))
             return
         self.seg = seg

@@ -51,3 +51,28 @@ def test_bench_quick_report_shape(tmp_path: Path) -> None:
     assert out.read_text().startswith(r.stdout.strip())
     if importlib.util.find_spec("matplotlib"):
         assert out.with_suffix(".png").stat().st_size > 0
+
+
+JOURNAL_ROWS = [
+    "journal written", "restart after", "journal load at start", "RSS ordermanager in operation",
+    "RSS ordermanager peak", "disk full under load: ordermanager crashes", "disk full under load: acked orders lost",
+    "disk full under load: orders answered unavailable", "disk full under load: space back → next ack",
+]
+
+
+def test_bench_journal_quick_report_shape(tmp_path: Path) -> None:
+    """deploy/bench --journal --quick: every row, numbers that parse, and the full disk run (CI runs as root)."""
+    out = tmp_path / "bench-journal.md"
+    r = subprocess.run([str(ROOT / "deploy" / "bench"), "--journal", "--quick", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=280)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("|")]
+    assert lines[0].startswith("| figure | stack | reference")
+    body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+    assert all(len(cells) == 6 for cells in body)
+    for name in JOURNAL_ROWS:
+        assert any(cells[0].startswith(name) for cells in body), f"row {name!r} missing"
+    for figure, stack, _ref, _ratio, _target, verdict in body:
+        _number(stack)
+        assert verdict in ("", "pass", "FAIL"), (figure, verdict)
+    assert out.read_text().startswith(r.stdout.strip())

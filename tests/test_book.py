@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import struct
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import pytest
 
 from shared import book
 from shared.book import BookError, Segment, Writer, WriterConflict, read_record, repair_record, write_record
+from shared.bootstrap import Keeper
+from shared.config import Book, Config
 
 ROOT = Path(__file__).resolve().parents[1]
 SYMBOLS = ["AAPL", "MSFT", "GOOGL"]
@@ -427,3 +430,41 @@ def test_creating_process_that_exits_leaves_the_segment(name: str) -> None:
         assert os.stat(book.path_of(name)).st_mode & 0o777 == 0o600
     finally:
         s.close()
+
+
+class _Log:
+    """Records (event, fields) of every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, object]]] = []
+
+    def _rec(self, event: str, **kw: object) -> None:
+        self.calls.append((event, kw))
+
+    info = warning = error = _rec
+
+
+def test_bootstrap_retries_a_failing_create(name: str) -> None:
+    """The segment cannot be opened or made (here: no file descriptor left, a real EMFILE):
+    bootstrap logs it and tries again with backoff, then makes it once it can."""
+    cfg = Config(symbols=tuple(SYMBOLS), book=Book(segment=name))
+    log = _Log()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.open(os.devnull, os.O_RDONLY)
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # every fd below is taken: no new one
+    try:
+        keeper = Keeper(cfg, log)
+        keeper.retry.next_at = 0.0  # due again at once: a second failure, not a wait
+        keeper.step()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    failed = [kw for ev, kw in log.calls if ev == "segment_open_failed"]
+    assert keeper.seg is None and [f["attempt"] for f in failed] == [1, 2] and failed[0]["errno"] == "EMFILE"
+    deadline = time.monotonic() + 10
+    while keeper.seg is None and time.monotonic() < deadline:
+        keeper.step()
+    try:
+        assert keeper.seg is not None and [ev for ev, _ in log.calls][-1] == "segment_created"
+    finally:
+        keeper.shutdown(0)

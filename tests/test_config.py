@@ -89,6 +89,12 @@ BAD = [
     ("links_bad_port", '[links]\nnews = "127.0.0.1:99999"\n', "links.news"),
     ("links_no_host", '[links]\norders = ":8002"\n', "links.orders"),
     ("bad_journal_sync", '[ordermanager]\njournal_sync = "sometimes"\n', "ordermanager.journal_sync"),
+    ("tiny_segment", "[ordermanager]\njournal_segment_bytes = 100\n", "ordermanager.journal_segment_bytes"),
+    ("tiny_window", "[ordermanager]\njournal_window = 10\n", "ordermanager.journal_window"),
+    ("roll_at_hour_only", '[ordermanager]\njournal_roll_at = "17"\n', "ordermanager.journal_roll_at"),
+    ("roll_at_25h", '[ordermanager]\njournal_roll_at = "25:00"\n', "ordermanager.journal_roll_at"),
+    ("roll_at_one_digit", '[ordermanager]\njournal_roll_at = "7:30"\n', "ordermanager.journal_roll_at"),
+    ("roll_at_not_a_string", "[ordermanager]\njournal_roll_at = 1730\n", "ordermanager.journal_roll_at"),
     ("not_toml", "symbols = [AAPL\n", "not valid TOML"),
 ]
 
@@ -101,6 +107,12 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, names: str) -> None
     msg = str(e.value)
     assert names in msg
     assert "\n" not in msg
+
+
+@pytest.mark.parametrize(("value", "minute"), [("", None), ("00:00", 0), ("17:30", 1050), ("23:59", 1439)])
+def test_journal_roll_at(tmp_path: Path, value: str, minute: int | None) -> None:
+    cfg = config.load(write(tmp_path, f'[ordermanager]\njournal_roll_at = "{value}"\n'))
+    assert config.roll_at_minute(cfg.ordermanager.journal_roll_at) == minute
 
 
 def test_missing_file_names_the_path(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from shared import book, halt
+from shared import book, halt, journal
 from shared.ops import audit, pnlaudit
 
 
@@ -31,10 +31,10 @@ def test_journal_segments_are_read_closed_by_n_then_the_open_one(tmp_path: Path)
     (tmp_path / "orders.jsonl.halted").write_text('{"seq": 1, "halted": []}\n')
     (tmp_path / "orders.jsonl.checkpoint").write_text('{"order_no": 99}\n')
     write_lines(tmp_path / "orders.jsonl.tmp-12", [entry(99, "BUY", 1, 1.0)])
-    assert [p.name for p in pnlaudit.journal_files(j)] == ["orders.jsonl.1", "orders.jsonl.2", "orders.jsonl.10",
+    assert [p.name for p in journal.segments(j)] == ["orders.jsonl.1", "orders.jsonl.2", "orders.jsonl.10",
                                                            "orders.jsonl"]
-    assert [e["order_no"] for e in pnlaudit.read_journal(j)] == [1, 2, 10, 11]
-    assert pnlaudit.read_journal(tmp_path / "none.jsonl") == []
+    assert [e["order_no"] for e in list(journal.read(j))] == [1, 2, 10, 11]
+    assert list(journal.read(tmp_path / "none.jsonl")) == []
 
 
 def test_pnl_spans_the_segments(tmp_path: Path) -> None:

@@ -282,7 +282,8 @@ messages = st.one_of(
               qty=st.integers(1, 10**9), price=prices, ts_ns=u64, tick_ts_ns=u64),
     st.builds(Ack, order_id=order_ids, order_no=st.integers(1, 10**9), duplicate=st.booleans()),
     st.builds(Reject, order_id=st.none() | order_ids,
-              reason=st.sampled_from(["bad_frame", "bad_message", "not_logged_on", "unauthorized", "risk"]),
+              reason=st.sampled_from(["bad_frame", "bad_message", "not_logged_on", "unauthorized", "risk",
+                                                     "unavailable"]),
               detail=st.text(max_size=50)),
 )
 

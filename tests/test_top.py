@@ -115,7 +115,7 @@ async def _test_fault_key_kills_the_gateway_and_the_view_shows_it_heal(live: Sta
         assert str(new) in gw and "EXITED unexpectedly" in gw, gw
         assert "FAULT kill program=gateway" in history(app)
     faults_log = [ln for ln in (live.logs / "faults.log").read_text().splitlines() if '"kill"' in ln]
-    assert faults_log and f'"pid":{old}' in faults_log[-1]
+    assert faults_log and f'"target_pid":{old}' in faults_log[-1]
 
 
 def test_halt_key_halts_and_resumes_a_client(live: Stack) -> None:

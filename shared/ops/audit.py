@@ -30,6 +30,7 @@ from typing import IO, Any
 import orjson
 
 from shared.config import ROOT
+from shared.journal import read as read_journal
 from shared.ops import pnlaudit
 from shared.ops.stats import percentile
 
@@ -281,7 +282,7 @@ def program_logs(logs_dir: Path) -> dict[str, Path]:
 def load(logs_dir: Path, journal: Path | None = None) -> tuple[dict[str, list[Record]], list[Record], list[Record]]:
     """Every program's records, the audit records and the journal entries of a logs directory."""
     logs = {name: read_records(path) for name, path in program_logs(logs_dir).items()}
-    return logs, read_records(logs_dir / AUDIT_LOG), pnlaudit.read_journal(journal or logs_dir / JOURNAL)
+    return logs, read_records(logs_dir / AUDIT_LOG), list(read_journal(journal or logs_dir / JOURNAL))
 
 
 # --- following ----------------------------------------------------------------

@@ -321,10 +321,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "every second, in alternating windows (shared/ops/benchscrape.py)")
     ap.add_argument("--windows", type=int, default=6, help="--scrape: alternating windows (6)")
     ap.add_argument("--window", type=float, default=10.0, help="--scrape: seconds per window (10)")
+    ap.add_argument("--journal", action="store_true",
+                    help="the journal's figures instead: restart after N orders, RSS, a full disk (issue 8)")
+    ap.add_argument("--orders", type=int, help="with --journal: orders in the journal (default 5,000,000)")
     args = ap.parse_args(argv)
     if args.scrape:
         return _scrape(args)
     argv = list(sys.argv[1:] if argv is None else argv)
+    if args.journal:
+        from shared.ops import benchjournal  # it uses this module's helpers
+
+        return benchjournal.main(args, argv)
     plan = QUICK if args.quick else Plan()
     overrides = {"feed_s": args.duration, "t2t_s": args.t2t_duration, "kills": args.kills, "up_kills": args.up_kills}
     plan = Plan(**{**plan.__dict__, **{k: v for k, v in overrides.items() if v is not None}})

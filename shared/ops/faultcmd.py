@@ -11,7 +11,7 @@ import xmlrpc.client
 from typing import Any
 
 from shared import config, logs
-from shared.ops import faults
+from shared.ops import disk, faults
 from shared.ops.faults import (
     CORRUPT_MODES,
     MENU,
@@ -27,6 +27,10 @@ from shared.ops.faults import (
     toxic_menu,
 )
 from shared.ops.proxy import ProxyServer, ToxicError, addr, parse_toxic
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("port", type=int)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--seconds", type=float, default=0.0, help="0: until interrupted")
+    p = sub.add_parser("disk-full", help="fill the filesystem under DIR to the last block for SECONDS, then free it")
+    p.add_argument("dir", nargs="?", help="a directory on it (default: the journal's, of the config in force)")
+    p.add_argument("--seconds", type=float, default=0.0, help="0: until interrupted")
+    p.add_argument("--max-bytes", type=int, default=disk.MAX_FILL,
+                   help=f"refuse to fill more than this (default {disk.MAX_FILL:,})")
     sub.add_parser("menu", help="list the faults a chaos soak draws from")
     a = ap.parse_args(argv)
 
@@ -109,8 +118,21 @@ def main(argv: list[str] | None = None) -> int:
                         signal.pause()
                 except KeyboardInterrupt:
                     pass
+        elif a.cmd == "disk-full":
+            cfg = config.load()
+            where = a.dir or str(cfg.resolve(cfg.ordermanager.journal).parent)
+            signal.signal(signal.SIGTERM, _interrupt)  # the space comes back whatever stops us
+            with disk.full(where, max_bytes=a.max_bytes):
+                try:
+                    if a.seconds:
+                        time.sleep(a.seconds)
+                    else:
+                        signal.pause()
+                except KeyboardInterrupt:
+                    pass
         elif a.cmd == "menu":
-            for name in [*MENU, *toxic_menu(dict.fromkeys(("price", "news", "orders")))]:  # type: ignore[arg-type]
+            for name in [*MENU, *toxic_menu(dict.fromkeys(("price", "news", "orders"))),  # type: ignore[arg-type]
+                         "disk_full_journal"]:  # the soak's, as root: its journal on a tmpfs of its own
                 print(name)
     except (FaultError, ToxicError, OSError, xmlrpc.client.Fault, config.ConfigError, ValueError, KeyError) as e:
         log.error("fault_failed", command=a.cmd, error=str(e))

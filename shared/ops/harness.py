@@ -24,7 +24,7 @@ from typing import Any
 
 from supervisor.xmlrpc import SupervisorTransport
 
-from shared import book, config
+from shared import book, config, journal
 from shared.ops import ctl
 
 PROGRAMS = ("auditor", "bootstrap", "gateway", "metrics", "orderbook", "ordermanager", "strategy")
@@ -221,7 +221,8 @@ class Stack:
         return [r for r in self.log(program) if r.get("event") == event]
 
     def journal(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.logs / "orders.jsonl")
+        """Every journaled order, oldest first (closed segments, then the open one)."""
+        return list(journal.read(self.cfg.resolve(self.cfg.ordermanager.journal)))
 
     def audit(self) -> list[dict[str, Any]]:
         return read_jsonl(self.logs / "audit.log")

@@ -30,6 +30,7 @@ from typing import Any
 
 from supervisor.xmlrpc import SupervisorTransport
 
+from shared import journal
 from shared.config import ROOT
 from shared.ops.harness import read_jsonl
 from shared.ops.invariants import ack_problems, journal_problems, strategy_problems
@@ -203,7 +204,8 @@ class Host:
         return [r for r in self.log(program) if r.get("event") == event]
 
     def journal(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.project / "logs" / "orders.jsonl")
+        """Every journaled order on this host, oldest first (every segment)."""
+        return list(journal.read(self.project / "logs" / "orders.jsonl"))
 
     def book_age_ms(self, segment: str = "tradestack_book") -> float:
         """The writer heartbeat's age in this host's segment (inf: none)."""

@@ -10,32 +10,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from shared import book, config, halt, pnl
 
 Record = dict[str, Any]
-
-
-def journal_files(path: Path) -> list[Path]:
-    """The journal's segments in order (contract §8): closed ``path.1``, ``path.2`` … by n, then ``path``."""
-    closed = [p for p in path.parent.glob(path.name + ".*") if p.suffix[1:].isdigit()]
-    return sorted(closed, key=lambda p: int(p.suffix[1:])) + ([path] if path.exists() else [])
-
-
-def read_journal(path: Path) -> list[Record]:
-    """Every journal entry, closed segments first; lines that are not JSON objects are skipped."""
-    out: list[Record] = []
-    for p in journal_files(path):
-        with open(p, "rb") as f:
-            for line in f:
-                try:
-                    obj = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(obj, dict):
-                    out.append(obj)
-    return out
 
 
 def halt_file(journal: Path) -> Path:

@@ -10,7 +10,9 @@ time, and orders sent / journaled / duplicated / lost.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import random
 import shutil
 import statistics
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import logs
-from shared.ops import faults
+from shared.ops import disk, faults
 from shared.ops.harness import Stack
 from shared.ops.invariants import NotHealed, healed, journal_problems, strategy_acks
 from shared.ops.stats import percentile
@@ -31,6 +33,7 @@ HB_MS = 100
 OVERRIDES: dict[str, Any] = {"gateway": {"news_rate": 20, "heartbeat_ms": HB_MS},
                              "ordermanager": {"heartbeat_ms": HB_MS}}
 LINKS = ("price", "news", "orders")
+JOURNAL_FS = 16 << 20  # the tmpfs under the soak's journal (root only)
 
 
 def order_counts(stack: Stack) -> dict[str, int]:
@@ -46,10 +49,19 @@ def order_counts(stack: Stack) -> dict[str, int]:
 
 
 def run(seconds: float, seed: int, workdir: Path, gap: float = 0.5) -> dict[str, Any]:
-    """The soak itself; returns the report as a dict."""
+    """The soak itself; returns the report as a dict. As root, the journal lies on
+    a small tmpfs of its own, and the menu has ``disk_full_journal`` too."""
+    with contextlib.ExitStack() as mounts:
+        fs = mounts.enter_context(disk.tmpfs(workdir / "journalfs", JOURNAL_FS)) if os.geteuid() == 0 else None
+        return _run(seconds, seed, workdir, gap, fs)
+
+
+def _run(seconds: float, seed: int, workdir: Path, gap: float, fs: Path | None) -> dict[str, Any]:
     rng = random.Random(seed)
     listen = {name: faults.free_port() for name in LINKS}
-    stack = Stack(workdir, {**OVERRIDES, "links": {n: f"127.0.0.1:{p}" for n, p in listen.items()}})
+    om_keys = {**OVERRIDES["ordermanager"], **({"journal": str(fs / "orders.jsonl")} if fs else {})}
+    stack = Stack(workdir, {**OVERRIDES, "ordermanager": om_keys,
+                            "links": {n: f"127.0.0.1:{p}" for n, p in listen.items()}})
     g, om = stack.cfg.gateway, stack.cfg.ordermanager
     upstream = {"price": (g.host, g.price_port), "news": (g.host, g.news_port), "orders": (om.host, om.port)}
     proxies: dict[str, faults.Proxy] = {}
@@ -61,6 +73,8 @@ def run(seconds: float, seed: int, workdir: Path, gap: float = 0.5) -> dict[str,
         stack.start()
         healed(stack)
         menu = {**faults.MENU, **faults.toxic_menu(proxies)}
+        if fs is not None:
+            menu["disk_full_journal"] = disk.full_for(fs)
         names = sorted(menu)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
