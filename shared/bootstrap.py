@@ -24,18 +24,19 @@ class Keeper:
             seg = Segment.attach(self.name)
         except SegmentMissing:
             try:
-                seg = Segment.create(self.name, self.cfg.symbols)
+                seg = Segment.create(self.name, self.cfg.symbols, self.cfg.book.ring_len)
             except FileExistsError:  # someone raced us: validate theirs next turn
                 return
             self.seg = seg
             self.log.info("segment_created", segment=self.name, generation=seg.generation,
-                          size=seg.size, symbols=seg.symbols)
+                          size=seg.size, symbols=seg.symbols, ring_len=seg.ring_len)
             return
         except BookError as e:  # never wiped: a person decides (deploy/down removes it)
             self.log.error("segment_incompatible", segment=self.name, error=str(e))
             raise SystemExit(1) from None
         try:
             seg.check_symbols(self.cfg.symbols)
+            seg.check_ring(self.cfg.book.ring_len)
         except BookError as e:
             seg.close()
             self.log.error("segment_incompatible", segment=self.name, error=str(e))

@@ -91,6 +91,8 @@ class BookWriter:
                     self.log.warning("unknown_symbol", symbol=p.symbol)
                 return
             assert self.writer is not None
+            if p.snapshot and self._holds(slot, p):
+                return  # a repeat of the tick the slot holds: the ring keeps each tick once
             self.writer.write(slot, p.price, p.ts_ns, p.seq)
             self.ticks += 1
         elif t is Hello:
@@ -98,6 +100,11 @@ class BookWriter:
             self.seq.hello(h.session, h.next_seq, h.heartbeat_ms)
         elif t is Heartbeat:
             self.seq.heartbeat(msg.seq)  # type: ignore[union-attr]
+
+    def _holds(self, slot: int, p: Price) -> bool:
+        assert self.seg is not None
+        rec = self.seg.read(slot)
+        return rec is not None and (rec.tick_seq, rec.ts_ns, rec.price) == (p.seq, p.ts_ns, p.price)
 
     def step(self) -> None:
         now = time.monotonic()
