@@ -64,7 +64,7 @@ class Book:
 
 
 DEFAULT_RULE = "shared.rule:MovingAverageSentiment"
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")  # a supervisord program name's part
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")  # becomes part of a supervisord program name
 
 
 @dataclass(frozen=True)
@@ -239,7 +239,7 @@ def load_rule(st: Strategy) -> Any:
         raise ConfigError(f"{st.table}.rule: cannot import {st.rule!r}: {type(e).__name__}: {e}") from None
     params_cls = getattr(obj, "Params", None)
     if not isinstance(obj, type) or not callable(getattr(obj, "decide", None)) or params_cls is None \
-            or not dataclasses.is_dataclass(params_cls):
+            or not isinstance(params_cls, type) or not dataclasses.is_dataclass(params_cls):
         raise ConfigError(f"{st.table}.rule: {st.rule!r} is not a rule (a class with Params and decide)")
     try:
         params = _section(st.table, params_cls, st.params, signed=True)
@@ -301,7 +301,7 @@ def parse(raw: dict[str, Any], path: str = "") -> Config:
                 raise ConfigError("strategies: expected tables [strategies.<name>]")
             for name in value:
                 if not _NAME.match(name):
-                    raise ConfigError(f"strategies.{name}: a name of letters, digits, '_', '-' and '.'")
+                    raise ConfigError(f"strategies.{name}: a name of letters, digits, '_' and '-' is needed")
             kwargs["strategies"] = {n: _strategy(f"strategies.{n}", n, v, tuple(symbols)) for n, v in value.items()}
         elif key in sections:
             cls = get_type_hints(Config)[key]
