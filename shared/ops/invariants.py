@@ -52,8 +52,15 @@ def journal_problems(journal: list[dict[str, Any]], bounds: Mapping[str, int | N
 
 
 def position_bounds(cfg: config.Config) -> dict[str, int | None]:
-    """{client_id: Q} of every strategy: its rule's ``qty`` (it targets ±Q), or None."""
-    return {st.client_id: getattr(config.load_rule(st).params, "qty", None) for st in cfg.all_strategies()}
+    """{client_id: Q} of every strategy: its rule's ``qty`` (the rules shipped
+    target ±Q), or None; a rule this process cannot import: its table's ``qty``."""
+    out: dict[str, int | None] = {}
+    for st in cfg.all_strategies():
+        try:
+            out[st.client_id] = getattr(config.load_rule(st).params, "qty", None)
+        except config.ConfigError:
+            out[st.client_id] = st.params.get("qty")
+    return out
 
 
 def ack_problems(journal: list[dict[str, Any]], acks: Iterable[Ack]) -> list[str]:
