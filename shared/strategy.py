@@ -35,7 +35,8 @@ from shared.protocol import (
 )
 from shared.rule import Decision
 
-HOUSEKEEPING_S = 0.05  # staleness, the segment, reconnects and heartbeats
+HOUSEKEEPING_S = 0.1  # staleness, the segment, reconnects and heartbeats: at most this far apart,
+# and at most half a heartbeat interval apart
 
 _news_decoder = msgspec.json.Decoder(News | Hello | Heartbeat)
 _om_decoder = msgspec.json.Decoder(Ack | Reject | LogonAck | Heartbeat)
@@ -84,6 +85,7 @@ class Trader:
                          self._om_down, decoder=_om_decoder)
         self.seq = Sequence(log, "news", g.heartbeat_ms)
         self.om_hb_s = om.heartbeat_ms / 1000
+        self.period = min(HOUSEKEEPING_S, min(g.heartbeat_ms, om.heartbeat_ms) / 2000)
         self.seg: Segment | None = None
         self.attach = Retry(log, "segment_wait", segment=cfg.book.segment)
         self.next_check = 0.0
@@ -247,7 +249,7 @@ class Trader:
         self.loop.run_once(self.next_check - time.monotonic())
         now = time.monotonic()
         if now >= self.next_check:
-            self.next_check = now + HOUSEKEEPING_S
+            self.next_check = now + self.period
             self._housekeeping(now)
 
     def _housekeeping(self, now: float) -> None:
