@@ -320,19 +320,25 @@ class Segment:
         """A consistent copy of one slot, or None if none was had."""
         return read_record(self.buf, self.records_offset + slot * RECORD_SIZE, tries, self.seq_words[slot])
 
-    def ticks(self, slot: int, n: int, tries: int = READ_TRIES) -> list[Tick] | None:
+    def ticks(self, slot: int, n: int, wait_s: float = 0.002) -> list[Tick] | None:
         """The last ``n`` ticks of a slot from the ring, oldest first (all of them
-        if fewer were written); None if no consistent copy was had."""
+        if fewer were written); None if no consistent copy was had within
+        ``wait_s`` (the writer stopped mid-write, or lapping the reader)."""
         if self.ring is None or n > self.ring_len:
             raise BookError(f"segment {self.name}: keeps {self.ring_len} ticks per symbol, {n} asked")
-        for _ in range(tries):
-            rec = self.read(slot, tries)
-            if rec is None:
+        deadline = 0.0
+        while True:
+            rec = self.read(slot, 100)
+            if rec is not None:
+                got = self.ring.read(slot, rec.updates, min(n, rec.updates))
+                if got is not None:
+                    return got
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + wait_s
+            elif now > deadline:
                 return None
-            got = self.ring.read(slot, rec.updates, min(n, rec.updates))
-            if got is not None:
-                return got
-        return None
+            os.sched_yield()  # a writer preempted mid-write, on our CPU, finishes
 
     def replaced(self) -> bool:
         """True when the name no longer points at this segment (removed or re-created)."""

@@ -166,8 +166,8 @@ class Gateway:
                 for conn in list(st.subs):
                     if conn.quiet_for(now) >= self.hb_s:
                         conn.write(frame(Heartbeat(ts_ns=time.time_ns(), seq=st.seq)))
+        self._publish(self.news, now)  # first: what a strategy trades on wakes it before the orderbook
         self._publish(self.price, now)
-        self._publish(self.news, now)
         wait = min(self.price.wait(now), self.news.wait(now), self.next_housekeeping - now)
         self.loop.run_once(max(wait, 0.0))
 

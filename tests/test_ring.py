@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
@@ -134,6 +135,18 @@ def test_writer_fills_ring_before_record_and_ticks_read_it(name: str) -> None:
             seg.ticks(1, 5)
         w.write(0, 1.0, 1, 1)
         assert seg.ticks(0, 4) == [Tick(1.0, 1, 1)]  # fewer than asked: all there is
+    finally:
+        seg.close()
+
+
+def test_ticks_say_they_cannot_while_the_record_is_mid_write(name: str) -> None:
+    seg = Segment.create(name, SYMBOLS, 8)
+    try:
+        Writer(seg).write(0, 1.0, 1, 1)
+        struct.pack_into("<Q", seg.buf, seg.offset(0), 3)  # the writer stopped mid-write
+        t0 = time.monotonic()
+        assert seg.ticks(0, 1, wait_s=0.01) is None
+        assert 0.01 <= time.monotonic() - t0 < 5
     finally:
         seg.close()
 

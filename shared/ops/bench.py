@@ -1,10 +1,12 @@
 """deploy/bench: the stack's figures, each beside its reference measured in
-the same run, as one markdown table (issue 4).
+the same run, as one markdown table (issues 4 and 9).
 
 The references run first, with no stack up (bare loopback processes from
 ``shared.ops.loopback``); then two private stacks under the real supervisord
 (logging on, journal on, the default durability): one for the price feed,
-the book and the ordermanager, one for tick-to-trade and recovery.
+the book, the strategy's windows and idle CPU, and the ordermanager; one with
+four strategies for tick-to-trade (and the floor again, while it runs) and
+recovery.
 """
 
 from __future__ import annotations
@@ -25,14 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.book import Record, Segment
+from shared.book import Segment
 from shared.config import ROOT
 from shared.ops import loopback
 from shared.ops.benchreport import (
     BOOK_RATE,
     NEWS_RATE,
     PRICE_RATE,
+    STRATEGIES,
     T2T_STRATEGY,
+    WINDOW_NEWS,
+    WINDOW_RATE,
+    WINDOW_STRATEGY,
     histogram,
     notes,
     rows,
@@ -40,6 +46,7 @@ from shared.ops.benchreport import (
 )
 from shared.ops.harness import Stack, dump_toml
 from shared.ops.peer import OrderClient
+from shared.ops.probes import SNAPSHOT_S, idle_run, records, snapshot, windows_run
 from shared.protocol import Ack, Reject
 
 
@@ -55,9 +62,12 @@ class Plan:
     om_s: float = 5.0
     kills: int = 5
     reads: int = 200_000
+    windows_s: float = 10.0
+    idle_s: float = 10.0
 
 
-QUICK = Plan(feed_s=2.0, t2t_s=3.0, floor_n=200, raw_s=0.5, book_s=1.0, om_s=1.0, kills=1, reads=20_000)
+QUICK = Plan(feed_s=2.0, t2t_s=3.0, floor_n=200, raw_s=0.5, book_s=1.0, om_s=1.0, kills=1, reads=20_000,
+             windows_s=1.5, idle_s=1.5)
 
 
 _T0 = time.monotonic()
@@ -89,10 +99,6 @@ def attach(stack: Stack, timeout: float = 30.0) -> Segment:
         return None
 
     return stack.wait_for(ready, timeout=timeout, interval=0.05)
-
-
-def records(seg: Segment) -> list[Record | None]:
-    return [seg.read(i) for i in range(len(seg.symbols))]
 
 
 def wait_fresh(seg: Segment, since_ns: int, timeout: float = 30.0) -> int:
@@ -135,19 +141,6 @@ def rss_mb(stack: Stack) -> dict[str, float]:
             continue
         out[name] = kb / 1024
     return out
-
-
-SNAPSHOT_S = 50e-6  # the longest a read of every slot may take to count as one instant
-
-
-def snapshot(seg: Segment) -> tuple[list[Record], float]:
-    """Every slot, read within SNAPSHOT_S (retried when the reader was preempted); and when."""
-    for _ in range(10_000):
-        t = time.perf_counter()
-        recs = records(seg)
-        if time.perf_counter() - t < SNAPSHOT_S and all(recs):
-            break
-    return [r for r in recs if r is not None], time.monotonic()
 
 
 def feed_run(stack: Stack, seg: Segment, seconds: float) -> dict[str, Any]:
@@ -295,7 +288,7 @@ def recover_ordermanager(stack: Stack, trial: int) -> tuple[float, float]:
 def references(plan: Plan, res: dict[str, Any]) -> None:
     """Everything measured without the stack."""
     say(f"floor: two-hop chain, {plan.floor_n} news at {NEWS_RATE}/s")
-    res["floor"] = loopback.chain(2, "news", NEWS_RATE, plan.floor_n)
+    res["floor_idle"] = loopback.chain(2, "news", NEWS_RATE, plan.floor_n)
     say(f"one-hop chain, prices at {BOOK_RATE}/s")
     res["hop"] = loopback.chain(1, "price", BOOK_RATE, int(BOOK_RATE * plan.book_s))
     say("raw framed stream")
@@ -307,7 +300,7 @@ def references(plan: Plan, res: dict[str, Any]) -> None:
 
 def feed_stack(workdir: Path, plan: Plan, res: dict[str, Any]) -> None:
     """Price feed, tick -> book, ordermanager throughput, book reads, RSS."""
-    stack = Stack(workdir, {"gateway": {"price_rate": 0}})
+    stack = Stack(workdir, {"gateway": {"price_rate": 0}, "strategy": WINDOW_STRATEGY})
     say("stack 1: price feed as fast as possible")
     stack.start()
     try:
@@ -330,7 +323,13 @@ def feed_stack(workdir: Path, plan: Plan, res: dict[str, Any]) -> None:
             ev = count_events(stack)
             res["book"] = book_latency(seg, plan.book_s)
             res["book_clean"] = count_events(stack) == ev
-            set_gateway(stack, seg, price_rate=100)
+            say(f"strategy windows at {WINDOW_RATE:,} ticks/s, {WINDOW_NEWS} news/s")
+            set_gateway(stack, seg, price_rate=WINDOW_RATE, news_rate=WINDOW_NEWS)
+            res["windows"] = windows_run(stack, seg, plan.windows_s)
+            say(f"idle strategy: no news, prices at {WINDOW_RATE:,}/s; a 1 ms book poller beside it")
+            set_gateway(stack, seg, news_rate=0.001)
+            res["idle"] = idle_run(stack, seg, plan.idle_s)
+            set_gateway(stack, seg, price_rate=100, news_rate=2)
             say("ordermanager: 4 pipelining clients")
             om = loopback.order_load(stack.cfg.ordermanager.port, stack.token, stack.cfg.symbols[0], plan.om_s)
             om["journaled"] = journal_count(stack, "bench-")
@@ -344,24 +343,30 @@ def feed_stack(workdir: Path, plan: Plan, res: dict[str, Any]) -> None:
 
 
 def t2t_stack(workdir: Path, plan: Plan, res: dict[str, Any]) -> None:
-    """Tick-to-trade at 1,000 prices/s and 200 news/s; then recovery."""
+    """Tick-to-trade of four strategies at 1,000 prices/s and 200 news/s; the
+    floor again while they run; then recovery."""
     stack = Stack(workdir, {"gateway": {"price_rate": PRICE_RATE, "news_rate": NEWS_RATE},
-                            "strategy": T2T_STRATEGY})
-    say(f"stack 2: tick-to-trade for {plan.t2t_s:g} s")
+                            "strategy": T2T_STRATEGY,
+                            "strategies": {n: dict(T2T_STRATEGY) for n in STRATEGIES}})
+    say(f"stack 2: tick-to-trade of {len(stack.strategies)} strategies for {plan.t2t_s:g} s")
     stack.start()
     try:
         seg = attach(stack)
         try:
-            stack.wait_for(lambda: stack.events("strategy", "logged_on"), timeout=30)
+            for st in stack.strategies:
+                stack.wait_for(lambda p=st.program: stack.events(p, "logged_on"), timeout=30)
             time.sleep(1.0)
             t0 = time.time_ns()
             time.sleep(plan.t2t_s)
             t1 = time.time_ns()
             time.sleep(0.5)  # the last orders in flight
-            cid = stack.cfg.strategy.client_id
-            res["t2t"] = [e["recv_ns"] - e["tick_ts_ns"] for e in stack.journal()
-                          if e.get("client_id") == cid and t0 <= e["tick_ts_ns"] < t1]
+            journal = stack.journal()
+            res["t2t"] = {st.program: [e["recv_ns"] - e["tick_ts_ns"] for e in journal
+                                       if e.get("client_id") == st.client_id and t0 <= e["tick_ts_ns"] < t1]
+                          for st in stack.strategies}
             res["t2t_news"] = round(NEWS_RATE * plan.t2t_s)
+            say(f"floor again, while the stack runs: {plan.floor_n} news at {NEWS_RATE}/s")
+            res["floor_load"] = loopback.chain(2, "news", NEWS_RATE, plan.floor_n)
             res["rss_t2t"] = rss_mb(stack)
             say(f"recovery: kill -9 gateway, ordermanager, {plan.kills} times each")
             res["rec_gw"] = [recover_gateway(stack, seg) for _ in range(plan.kills)]
