@@ -61,7 +61,7 @@ def run(seconds: float, seed: int, workdir: Path, gap: float = 0.5) -> dict[str,
             proxies[name] = faults.Proxy(upstream[name], listen[name], name, stack.logs / f"proxy-{name}.log").start()
         stack.start()
         healed(stack)
-        menu = {**faults.MENU, **faults.toxic_menu(proxies)}
+        menu = {**faults.MENU, **faults.program_menu(stack.programs), **faults.toxic_menu(proxies)}
         names = sorted(menu)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
