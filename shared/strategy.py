@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from shared import config as config_mod
+from shared import logs
 from shared.book import BookError, Segment
 from shared.net import Client, Conn, Loop, Retry, Sequence
 from shared.protocol import (
@@ -196,8 +197,8 @@ class Trader:
                       price=price, ts_ns=time.time_ns(), tick_ts_ns=news.ts_ns)
         self.pending[order.order_id] = order
         self.om.conn.write(frame(order))
-        self.log.info("order_sent", order_id=order.order_id, symbol=order.symbol, side=d.side, qty=d.qty,
-                      price=price, sentiment=news.sentiment, ticks=n, first_tick_seq=first, last_tick_seq=last)
+        logs.hot("order_sent", client_id=self.client_id, order_id=order.order_id, symbol=order.symbol, side=d.side,
+                 qty=d.qty, price=price, sentiment=news.sentiment, ticks=n, first_tick_seq=first, last_tick_seq=last)
 
     # --- order entry ----------------------------------------------------------
 
