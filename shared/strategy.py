@@ -10,6 +10,7 @@ resent with the same ids, and no new order is made until they are answered.
 
 from __future__ import annotations
 
+import gc
 import time
 import traceback
 from typing import Any
@@ -97,6 +98,7 @@ class Trader:
         self.logged_on = False
         self.n = 0
         self.stale: bool | None = None
+        gc.freeze()  # what start-up made lives on: collections on the news path need not walk it
 
     # --- the book -------------------------------------------------------------
 
