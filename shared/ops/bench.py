@@ -64,6 +64,7 @@ class Plan:
     reads: int = 200_000
     windows_s: float = 10.0
     idle_s: float = 10.0
+    strategies: int = STRATEGIES
 
 
 QUICK = Plan(feed_s=2.0, t2t_s=3.0, floor_n=200, raw_s=0.5, book_s=1.0, om_s=1.0, kills=1, reads=20_000,
@@ -347,7 +348,7 @@ def t2t_stack(workdir: Path, plan: Plan, res: dict[str, Any]) -> None:
     floor again while they run; then recovery."""
     stack = Stack(workdir, {"gateway": {"price_rate": PRICE_RATE, "news_rate": NEWS_RATE},
                             "strategy": T2T_STRATEGY,
-                            "strategies": {n: dict(T2T_STRATEGY) for n in STRATEGIES}})
+                            "strategies": {f"s{i}": dict(T2T_STRATEGY) for i in range(2, plan.strategies + 1)}})
     say(f"stack 2: tick-to-trade of {len(stack.strategies)} strategies for {plan.t2t_s:g} s")
     stack.start()
     try:
@@ -393,12 +394,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, help="seconds of the price feed run (default 20)")
     ap.add_argument("--t2t-duration", type=float, help="seconds of the tick-to-trade run (default 40)")
     ap.add_argument("--kills", type=int, help="kill -9 runs per program (default 5)")
+    ap.add_argument("--strategies", type=int, help=f"strategies trading at once (default {STRATEGIES})")
     ap.add_argument("--out", default="logs/bench.md", help="markdown report (a .png beside it)")
     ap.add_argument("--keep", action="store_true", help="keep the stacks' directories (logs, journal)")
     args = ap.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     plan = QUICK if args.quick else Plan()
-    overrides = {"feed_s": args.duration, "t2t_s": args.t2t_duration, "kills": args.kills}
+    overrides = {"feed_s": args.duration, "t2t_s": args.t2t_duration, "kills": args.kills,
+                 "strategies": args.strategies}
     plan = Plan(**{**plan.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
     workdir = Path(tempfile.mkdtemp(prefix="tsbench"))
     try:

@@ -20,7 +20,7 @@ NEWS_RATE, PRICE_RATE, BOOK_RATE = 200, 1000, 10_000
 # Most news makes an order: any non-neutral sentiment is a signal, and short
 # windows make the price signal flip often (the rule still decides).
 T2T_STRATEGY = {"bullish": 50, "bearish": 50, "short_window": 2, "long_window": 4}
-STRATEGIES = ("s2", "s3", "s4")  # [strategies.<name>] beside [strategy]: four strategies trade at once
+STRATEGIES = 4  # trading at once: [strategy] and [strategies.s2] ... (issue 9)
 # The windows run: the default windows (5 and 20 ticks), any non-neutral news a signal.
 WINDOW_STRATEGY = {"bullish": 50, "bearish": 50}
 WINDOW_RATE, WINDOW_NEWS = 50_000, 50
@@ -173,9 +173,10 @@ def notes(res: dict[str, Any], plan: Plan, argv: Sequence[str]) -> str:
         f" {os.cpu_count()} cores, Python {sys.version.split()[0]}.",
         "",
         f"- Tick-to-trade: news `ts_ns` → the journal's `recv_ns`, per strategy, {len(res['t2t'])} strategies at"
-        f" once (`[strategy]` and `[strategies.{'/'.join(STRATEGIES)}]`), {plan.t2t_s:g} s at {PRICE_RATE:,}"
-        f" prices/s and {NEWS_RATE} news/s, logging and journal on, default durability. Their thresholds are"
-        f" lowered (`{', '.join(f'{k}={v}' for k, v in T2T_STRATEGY.items())}`) so most news can trade; each still"
+        f" once (`[strategy]`{' and `[strategies.s2]` …' if plan.strategies > 1 else ''}), {plan.t2t_s:g} s at"
+        f" {PRICE_RATE:,} prices/s and {NEWS_RATE} news/s, logging and journal on, default durability. Their"
+        f" thresholds are lowered (`{', '.join(f'{k}={v}' for k, v in T2T_STRATEGY.items())}`) so most news can"
+        " trade; each still"
         " orders only when both signals agree and its position is not at target. Floor: the leanest bare two-hop"
         f" chain we could write, of separate processes (news frames at {NEWS_RATE}/s → blocking read, decode,"
         " encode an order frame → blocking read, decode, timestamp; 64 KiB reads, framing by hand), measured with"
