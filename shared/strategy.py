@@ -106,12 +106,16 @@ class Trader:
         name = self.cfg.book.segment
         try:
             seg = Segment.attach(name)
+        except BookError as e:
+            self.attach.failed(now, str(e))
+            return
+        try:
             seg.check_symbols(self.cfg.symbols)
             if seg.ring_len < self.rule.history:
-                seg.close()
                 raise BookError(f"segment {name}: keeps {seg.ring_len} ticks per symbol, the rule wants "
                                 f"{self.rule.history}")
         except BookError as e:
+            seg.close()
             self.attach.failed(now, str(e))
             return
         self.seg = seg
