@@ -5,21 +5,29 @@ suite's invariants held per client; a rule that raises; config errors."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import pytest
+import structlog
 
+from shared import book, config, logs
+from shared.book import Segment, Writer
 from shared.config import ROOT
 from shared.ops import faults
 from shared.ops.ctl import strategy_programs
 from shared.ops.harness import PROGRAMS, Stack
 from shared.ops.invariants import healed
+from shared.protocol import News, decode
+from shared.strategy import Trader
 
 USER_RULES = '''
 """A rule of a user's own: follow the news; raise on round sentiments (to be survived)."""
@@ -165,8 +173,6 @@ def test_a_repeated_client_id_stops_every_daemon_and_deploy_up(tmp_path: Path) -
 
 
 def test_generated_programs_copy_the_strategy_program(tmp_path: Path) -> None:
-    from shared import config
-
     (tmp_path / "stack.toml").write_text('[strategies.a]\n[strategies.b-2]\nrule = "shared.rule:MeanReversion"\n')
     cfg = config.load(tmp_path / "stack.toml")
     conf = (ROOT / "deploy" / "supervisord.conf").read_text()
@@ -176,3 +182,78 @@ def test_generated_programs_copy_the_strategy_program(tmp_path: Path) -> None:
     assert "daemons/strategy.py b-2\n" in text
     assert "[include]\nfiles = strategies.conf" in conf
     assert strategy_programs(conf, config.load(ROOT / "deploy" / "stack.toml")).count("[program:") == 0
+
+
+# --- the strategy in-process: the ring at news time ---------------------------
+
+
+class Wire:
+    """Stands in for the order link: keeps what the strategy writes."""
+
+    def __init__(self) -> None:
+        self.orders: list[Any] = []
+
+    def write(self, data: bytes) -> None:
+        self.orders.append(decode(data[4:]))
+
+
+@pytest.fixture
+def trader() -> Iterator[tuple[Trader, Writer, Wire, list[dict[str, Any]]]]:
+    name = f"ts_test_{uuid4().hex[:8]}"
+    cfg = config.parse({"book": {"segment": name, "ring_len": 8},
+                        "strategy": {"short_window": 2, "long_window": 4, "bullish": 50, "bearish": 50}})
+    seg = Segment.create(name, cfg.symbols, 8)
+    logs.configure("strategy", io.BytesIO())  # for logs.hot (order_sent); the rest is captured
+    try:
+        with structlog.testing.capture_logs() as records:
+            t = Trader(cfg, structlog.get_logger())
+            t._attach(time.monotonic())
+            wire = Wire()
+            t.om.conn, t.logged_on = wire, True  # type: ignore[assignment]
+            yield t, Writer(seg), wire, records
+    finally:
+        seg.close()
+        book.unlink(name)
+
+
+def news(symbol: str, sentiment: int) -> News:
+    return News(seq=1, ts_ns=time.time_ns(), symbol=symbol, sentiment=sentiment)
+
+
+def test_the_window_is_the_rings_last_ticks(trader: tuple[Trader, Writer, Wire, list[dict[str, Any]]]) -> None:
+    t, w, wire, records = trader
+    for k, px in enumerate([100.0, 100.0, 100.0, 100.0, 101.0, 102.0, 103.0, 110.0], 1):  # 8 ticks of AAPL
+        w.write(0, px, k, 10 * k)
+    t._on_tick(news("AAPL", 90))
+    assert [(o.side, o.qty, o.price) for o in wire.orders] == [("BUY", 10, 110.0)]
+    sent = [r for r in records if r["event"] == "rule"]
+    assert sent[0]["history"] == 4
+
+
+def test_no_order_on_a_never_priced_symbol_or_a_stale_book(
+        trader: tuple[Trader, Writer, Wire, list[dict[str, Any]]]) -> None:
+    t, w, wire, records = trader
+    t._on_tick(news("MSFT", 90))  # never priced
+    for k in range(1, 6):
+        w.write(1, 100.0 + k, k, k)
+    w.heartbeat(time.time_ns() - 10**9)  # a second old: stale
+    t._on_tick(news("MSFT", 90))
+    assert wire.orders == [] and [r["event"] for r in records].count("book_stale") == 1
+    w.heartbeat()
+    t._on_tick(news("MSFT", 90))
+    assert len(wire.orders) == 1 and "book_fresh" in [r["event"] for r in records]
+
+
+def test_a_segment_without_a_ring_is_waited_out(tmp_path: Path) -> None:
+    name = f"ts_test_{uuid4().hex[:8]}"
+    seg = Segment.create(name, ("AAPL", "MSFT", "GOOGL"))  # a v1 book
+    try:
+        with structlog.testing.capture_logs() as records:
+            t = Trader(config.parse({"book": {"segment": name}}), structlog.get_logger())
+            t._attach(time.monotonic())
+        assert t.seg is None
+        waits = [r for r in records if r["event"] == "segment_wait"]
+        assert "keeps 0 ticks per symbol, the rule wants 20" in waits[0]["error"]
+    finally:
+        seg.close()
+        book.unlink(name)
