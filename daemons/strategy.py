@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""strategy: trades on the book and the news by the rule of contract §7."""
+"""strategy: trades on the news with its rule, reading the book's tick ring.
+
+``strategy.py`` runs the program ``strategy`` of ``[strategy]``;
+``strategy.py NAME`` runs ``strategy-NAME`` of ``[strategies.NAME]``.
+"""
 
 import sys
 from pathlib import Path
@@ -10,4 +14,5 @@ from shared.lifecycle import run  # noqa: E402
 from shared.strategy import Trader  # noqa: E402
 
 if __name__ == "__main__":
-    run("strategy", Trader)
+    name = sys.argv[1] if len(sys.argv) > 1 else ""
+    run(f"strategy-{name}" if name else "strategy", lambda cfg, log: Trader(cfg, log, name))

@@ -1,5 +1,5 @@
-"""The shared-memory price book (contract §5): layout, seqlock codec,
-create / attach / validate, and the single writer.
+"""The shared-memory price book (contract §5, and the tick ring of §8): layout,
+seqlock codec, create / attach / validate, and the single writer.
 
 The record codec works on any writable buffer, so it is tested without a
 segment. NumPy views describe the same layout for readers that want arrays.
@@ -17,6 +17,10 @@ import time
 from multiprocessing import resource_tracker, shared_memory
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from shared import ring as ring_mod
+from shared.ring import Ring
+from shared.rule import Tick
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -32,7 +36,7 @@ _HEADER_FIELDS = {  # name: (NumPy format, offset), contract §5
     "magic": ("S8", 0), "version": ("<u4", 8), "capacity": ("<u4", 12), "nsymbols": ("<u4", 16),
     "record_size": ("<u4", 20), "symbols_offset": ("<u4", 24), "records_offset": ("<u4", 28),
     "created_ns": ("<u8", 32), "writer_pid": ("<u8", 40), "writer_heartbeat_ns": ("<u8", 48),
-    "generation": ("<u8", 56),
+    "generation": ("<u8", 56), "ring_offset": ("<u4", 64), "ring_len": ("<u4", 68),
 }
 _RECORD_FIELDS = {
     "seq": ("<u8", 0), "price": ("<f8", 8), "ts_ns": ("<u8", 16), "recv_ns": ("<u8", 24),
@@ -63,6 +67,8 @@ _U64 = struct.Struct("<Q")
 _FIELDS = struct.Struct("<dQQQQ")  # price, ts_ns, recv_ns, tick_seq, updates
 _HDR = struct.Struct("<8sIIIIII")  # magic .. records_offset
 _OFF_CREATED, _OFF_PID, _OFF_HEARTBEAT, _OFF_GENERATION = 32, 40, 48, 56
+_RING = struct.Struct("<II")  # ring_offset, ring_len at offset 64 (contract §8)
+_OFF_RING = 64
 assert sys.byteorder == "little"  # _word's native u64 is the layout's little-endian one
 
 
@@ -99,10 +105,11 @@ class Record(NamedTuple):
     updates: int
 
 
-def layout(capacity: int) -> tuple[int, int]:
-    """(records_offset, total size) of a segment with ``capacity`` slots."""
+def layout(capacity: int, ring_len: int = 0) -> tuple[int, int]:
+    """(records_offset, total size) of a segment with ``capacity`` slots and
+    ``ring_len`` ticks kept per slot (0: no ring); the ring follows the records."""
     records = -(-(HEADER_SIZE + capacity * SYMBOL_SIZE) // 64) * 64
-    return records, records + capacity * RECORD_SIZE
+    return records, records + capacity * RECORD_SIZE + ring_mod.size(capacity, ring_len)
 
 
 # --- the seqlock record codec -------------------------------------------------
@@ -212,14 +219,25 @@ class Segment:
             for i in range(nsym)
         ]
         self.slots = {s: i for i, s in enumerate(self.symbols)}
+        ring_offset, self.ring_len = _RING.unpack_from(self.buf, _OFF_RING)
+        self.ring: Ring | None = None
+        if ring_offset:
+            end = ring_offset + ring_mod.size(capacity, self.ring_len)
+            if ring_offset % 64 or ring_offset < layout(capacity)[1] or not self.ring_len or end > len(self.buf):
+                raise BookError(f"segment {name}: inconsistent ring (ring_offset {ring_offset}, "
+                                f"ring_len {self.ring_len})")
+            self.ring = Ring(self.buf, ring_offset, self.ring_len, capacity)
+        else:
+            self.ring_len = 0
         # Views made once: each is read and written in one 8-byte move.
         self.seq_words = [_word(self.buf, self.offset(i)) for i in range(capacity)]
         self.heartbeat_word = _word(self.buf, _OFF_HEARTBEAT)
 
     @classmethod
-    def create(cls, name: str, symbols: list[str] | tuple[str, ...]) -> Segment:
-        """Create a new segment (mode 0600) with the magic written last."""
-        roff, size = layout(len(symbols))
+    def create(cls, name: str, symbols: list[str] | tuple[str, ...], ring_len: int = 0) -> Segment:
+        """Create a new segment (mode 0600) keeping ``ring_len`` ticks per symbol
+        (0: a plain v1 book), with the magic written last."""
+        roff, size = layout(len(symbols), ring_len)
         shm = _open(name, True, size)
         try:  # every page now: a full /dev/shm is an error here, not a SIGBUS at the first write
             os.posix_fallocate(shm._fd, 0, size)  # type: ignore[attr-defined]
@@ -231,6 +249,8 @@ class Segment:
         assert buf is not None
         _HDR.pack_into(buf, 0, b"\0" * 8, VERSION, len(symbols), len(symbols), RECORD_SIZE, HEADER_SIZE, roff)
         _U64.pack_into(buf, _OFF_CREATED, time.time_ns())
+        if ring_len:
+            _RING.pack_into(buf, _OFF_RING, layout(len(symbols))[1], ring_len)
         for i, s in enumerate(symbols):
             raw = s.encode("ascii")
             buf[HEADER_SIZE + i * SYMBOL_SIZE : HEADER_SIZE + i * SYMBOL_SIZE + len(raw)] = raw
@@ -257,6 +277,12 @@ class Segment:
         """Raise BookError unless the segment holds exactly these symbols."""
         if list(symbols) != self.symbols:
             raise BookError(f"segment {self.name}: symbols {self.symbols} differ from config {list(symbols)}")
+
+    def check_ring(self, ring_len: int) -> None:
+        """Raise BookError unless the segment keeps exactly ``ring_len`` ticks per symbol."""
+        if self.ring_len != ring_len:
+            raise BookError(f"segment {self.name}: ring_len {self.ring_len} differs from config book.ring_len "
+                            f"{ring_len}")
 
     def header(self) -> np.ndarray:
         """A NumPy view of the header (drop it before ``close``)."""
@@ -300,12 +326,35 @@ class Segment:
         """A consistent copy of one slot, or None if none was had."""
         return read_record(self.buf, self.records_offset + slot * RECORD_SIZE, tries, self.seq_words[slot])
 
+    def ticks(self, slot: int, n: int, wait_s: float = 0.002) -> list[Tick] | None:
+        """The last ``n`` ticks of a slot from the ring, oldest first (all of them
+        if fewer were written); None if no consistent copy was had within
+        ``wait_s`` (the writer stopped mid-write, or lapping the reader)."""
+        if self.ring is None or n > self.ring_len:
+            raise BookError(f"segment {self.name}: keeps {self.ring_len} ticks per symbol, {n} asked")
+        deadline = 0.0
+        while True:
+            rec = self.read(slot, 100)
+            if rec is not None:
+                got = self.ring.read(slot, rec.updates, min(n, rec.updates))
+                if got is not None:
+                    return got
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + wait_s
+            elif now > deadline:
+                return None
+            os.sched_yield()  # a writer preempted mid-write, on our CPU, finishes
+
     def replaced(self) -> bool:
         """True when the name no longer points at this segment (removed or re-created)."""
         return _inode(self.name) != self.inode
 
     def close(self) -> None:
         """Unmap (never unlink)."""
+        if self.ring is not None:
+            self.ring.words.release()
+            self.ring = None
         self.seq_words = []
         self.heartbeat_word = None  # type: ignore[assignment]
         self.buf = None  # type: ignore[assignment]
@@ -348,15 +397,18 @@ class Writer:
         # The writer's own copy of each slot's seq and updates: no reads on the hot path.
         self._seq = [_U64.unpack_from(buf, seg.offset(i))[0] for i in range(seg.capacity)]
         self._updates = [_U64.unpack_from(buf, seg.offset(i) + 40)[0] for i in range(seg.capacity)]
+        self.ring = seg.ring
         self.generation = seg.generation + 1
         _U64.pack_into(buf, _OFF_GENERATION, self.generation)
         _U64.pack_into(buf, _OFF_PID, self.pid)
         self.heartbeat()
 
     def write(self, slot: int, price: float, ts_ns: int, tick_seq: int) -> None:
-        """Publish one tick to a slot."""
+        """Publish one tick to a slot: its ring entry first, then its record."""
         u = self._updates[slot] + 1
         self._updates[slot] = u
+        if self.ring is not None:
+            self.ring.write(slot, u, price, ts_ns, tick_seq)
         self._seq[slot] = _publish(self.seg.buf, self.seg.records_offset + slot * RECORD_SIZE, self._seq[slot],
                                    price, ts_ns, time.time_ns(), tick_seq, u, self.seg.seq_words[slot])
 

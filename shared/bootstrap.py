@@ -27,7 +27,7 @@ class Keeper:
             seg = Segment.attach(self.name)
         except SegmentMissing:
             try:
-                seg = Segment.create(self.name, self.cfg.symbols)
+                seg = Segment.create(self.name, self.cfg.symbols, self.cfg.book.ring_len)
             except FileExistsError:  # someone raced us: validate theirs next turn
                 return
             except OSError as e:
@@ -36,7 +36,7 @@ class Keeper:
             self.retry.succeeded()
             self.seg = seg
             self.log.info("segment_created", segment=self.name, generation=seg.generation,
-                          size=seg.size, symbols=seg.symbols)
+                          size=seg.size, symbols=seg.symbols, ring_len=seg.ring_len)
             return
         except BookError as e:  # never wiped: a person decides (deploy/down removes it)
             self.log.error("segment_incompatible", segment=self.name, error=str(e))
@@ -46,6 +46,7 @@ class Keeper:
             return
         try:
             seg.check_symbols(self.cfg.symbols)
+            seg.check_ring(self.cfg.book.ring_len)
         except BookError as e:
             seg.close()
             self.log.error("segment_incompatible", segment=self.name, error=str(e))

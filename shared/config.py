@@ -8,14 +8,15 @@ error names the key it is about.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import ipaddress
 import json
 import os
+import re
 import tomllib
-import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_origin, get_type_hints
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PATH = ROOT / "deploy" / "stack.toml"
@@ -65,19 +66,34 @@ class Book:
 
     segment: str = "tradestack_book"
     stale_ms: int = 500
+    ring_len: int = 256  # ticks kept per symbol in the ring (contract §8)
+
+
+DEFAULT_RULE = "shared.rule:MovingAverageSentiment"
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")  # becomes part of a supervisord program name
 
 
 @dataclass(frozen=True)
 class Strategy:
-    """The trading rule's parameters."""
+    """One strategy program: ``[strategy]`` (program ``strategy``) or
+    ``[strategies.<name>]`` (program ``strategy-<name>``). Its keys beyond these
+    are its rule's own, checked by ``load_rule``."""
 
     client_id: str = "strategy-1"
-    short_window: int = 5
-    long_window: int = 20
-    bullish: int = 60
-    bearish: int = 40
-    qty: int = 10
-    poll_us: int = 1000
+    rule: str = DEFAULT_RULE  # "module:Class"
+    symbols: tuple[str, ...] = ()  # empty: every symbol
+    params: dict[str, Any] = field(default_factory=dict)
+    name: str = ""  # not a key: the table's name, "" for [strategy]
+
+    @property
+    def program(self) -> str:
+        """Its supervisord program."""
+        return f"strategy-{self.name}" if self.name else "strategy"
+
+    @property
+    def table(self) -> str:
+        """Its table in the config, for messages."""
+        return f"strategies.{self.name}" if self.name else "strategy"
 
 
 @dataclass(frozen=True)
@@ -172,6 +188,7 @@ class Config:
     ordermanager: OrderManager = field(default_factory=OrderManager)
     book: Book = field(default_factory=Book)
     strategy: Strategy = field(default_factory=Strategy)
+    strategies: dict[str, Strategy] = field(default_factory=dict)  # [strategies.<name>]
     auditor: Auditor = field(default_factory=Auditor)
     links: Links = field(default_factory=Links)
     risk: Risk = field(default_factory=Risk)
@@ -197,6 +214,18 @@ class Config:
         base = "strategy" if program.startswith("strategy-") else program
         return any(base in ROLES[r] for r in self.host.roles)
 
+    def all_strategies(self) -> list[Strategy]:
+        """[strategy], then each [strategies.<name>] in file order."""
+        return [self.strategy, *self.strategies.values()]
+
+    def strategy_named(self, name: str) -> Strategy:
+        """The strategy of program ``strategy`` ("") or ``strategy-<name>``."""
+        if not name:
+            return self.strategy
+        if name not in self.strategies:
+            raise ConfigError(f"strategies.{name}: no such table")
+        return self.strategies[name]
+
     def resolve(self, rel: str) -> Path:
         """A config path: relative ones are taken from the repository root."""
         p = Path(rel)
@@ -206,12 +235,19 @@ class Config:
 _PORTS = {"price_port", "news_port", "port"}
 
 
-def _check(section: str, key: str, value: Any, typ: Any) -> Any:
+def _check(section: str, key: str, value: Any, typ: Any, signed: bool = False) -> Any:
     name = f"{section}.{key}" if section else key
-    if typing.get_origin(typ) is tuple:  # a list of strings in TOML
+    origin = get_origin(typ)
+    if origin is tuple:  # a list of strings in TOML
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{name}: expected a list of strings, got {value!r}")
         return tuple(value)
+    if origin is list:  # a list of the TOML file; its items unchecked
+        if not isinstance(value, list):
+            raise ConfigError(f"{name}: expected a list, got {type(value).__name__} {value!r}")
+        return value
+    if typ is Any:
+        return value
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if typ is bool or isinstance(value, bool):
@@ -222,25 +258,28 @@ def _check(section: str, key: str, value: Any, typ: Any) -> Any:
         raise ConfigError(f"{name}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
     if key in _PORTS and not 1 <= value <= 65535:
         raise ConfigError(f"{name}: port {value} out of range 1..65535")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+    if not signed and isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
         raise ConfigError(f"{name}: must not be negative, got {value}")
     return value
 
 
-def _keys(name: str, cls: type, raw: Any) -> dict[str, Any]:
+def _keys(name: str, cls: type, raw: Any, signed: bool = False) -> dict[str, Any]:
     """A table's keys, each checked against ``cls``'s fields and types."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{name}: expected a table")
     hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
+    known = {f.name: f for f in fields(cls)}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{name}.{key}: unknown key")
-    return {k: _check(name, k, v, hints[k]) for k, v in raw.items()}
+    for key, f in known.items():
+        if key not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{name}.{key}: required")
+    return {k: _check(name, k, v, hints[k], signed) for k, v in raw.items()}
 
 
-def _section(name: str, cls: type, raw: Any) -> Any:
-    return cls(**_keys(name, cls, raw))
+def _section(name: str, cls: type, raw: Any, signed: bool = False) -> Any:
+    return cls(**_keys(name, cls, raw, signed))
 
 
 def _risk(raw: Any) -> Risk:
@@ -261,6 +300,70 @@ def _risk(raw: Any) -> Risk:
     return Risk(default, tuple(out))
 
 
+_TOML_SCALARS = (str, int, float, bool)
+
+
+def _strategy(table: str, name: str, raw: Any, symbols: tuple[str, ...]) -> Strategy:
+    """A strategy table: its own keys typed, the rest kept for its rule."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{table}: expected a table")
+    own = {k: raw[k] for k in ("client_id", "rule", "symbols") if k in raw}
+    params = {k: v for k, v in raw.items() if k not in own}
+    for k, v in params.items():
+        if not isinstance(v, _TOML_SCALARS) and not (isinstance(v, list) and all(
+                isinstance(x, _TOML_SCALARS) for x in v)):
+            raise ConfigError(f"{table}.{k}: expected a number, string, bool or list of them")
+    kw: dict[str, Any] = {"name": name, "params": params}
+    if name:
+        kw["client_id"] = name
+    for k in ("client_id", "rule"):
+        if k in own:
+            kw[k] = _check(table, k, own[k], str)
+    if "symbols" in own:
+        syms = own["symbols"]
+        if not isinstance(syms, list) or not syms or not all(isinstance(x, str) for x in syms):
+            raise ConfigError(f"{table}.symbols: expected a non-empty list of symbols")
+        unknown = [x for x in syms if x not in symbols]
+        if unknown:
+            raise ConfigError(f"{table}.symbols: {unknown} not among the config's symbols")
+        kw["symbols"] = tuple(syms)
+    st = Strategy(**kw)
+    if not re.fullmatch(r"[\x21-\x7e]{1,100}", st.client_id):
+        raise ConfigError(f"{table}.client_id: 1..100 printable ASCII characters without spaces, "
+                          f"got {st.client_id!r}")
+    mod, _, cls = st.rule.partition(":")
+    if not (mod and cls and all(p.isidentifier() for p in [*mod.split("."), *cls.split(".")])):
+        raise ConfigError(f"{table}.rule: expected 'module:Class', got {st.rule!r}")
+    return st
+
+
+def load_rule(st: Strategy) -> Any:
+    """Import a strategy's rule and build it from its params; ConfigError naming
+    the table and key when the rule cannot be imported or a param is wrong."""
+    mod_name, _, cls_name = st.rule.partition(":")
+    try:
+        obj: Any = importlib.import_module(mod_name)
+        for part in cls_name.split("."):
+            obj = getattr(obj, part)
+    except Exception as e:  # ImportError, AttributeError, or the module failing as it loads
+        raise ConfigError(f"{st.table}.rule: cannot import {st.rule!r}: {type(e).__name__}: {e}") from None
+    params_cls = getattr(obj, "Params", None)
+    if not isinstance(obj, type) or not callable(getattr(obj, "decide", None)) or params_cls is None \
+            or not isinstance(params_cls, type) or not dataclasses.is_dataclass(params_cls):
+        raise ConfigError(f"{st.table}.rule: {st.rule!r} is not a rule (a class with Params and decide)")
+    try:
+        params = _section(st.table, params_cls, st.params, signed=True)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (rule {st.rule})") from None
+    except (TypeError, ValueError) as e:  # the rule's own checks: "key: why"
+        raise ConfigError(f"{st.table}.{e}") from None
+    rule = obj(params)
+    rule.name = st.rule
+    if not isinstance(getattr(rule, "history", None), int) or rule.history < 1:
+        raise ConfigError(f"{st.table}.rule: {st.rule!r} has no history >= 1 (ticks it wants)")
+    return rule
+
+
 def _validate(cfg: Config) -> None:
     if not cfg.symbols:
         raise ConfigError("symbols: at least one symbol is needed")
@@ -269,13 +372,14 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"symbols: {s!r} is not 1..16 ASCII characters")
     if len(set(cfg.symbols)) != len(cfg.symbols):
         raise ConfigError("symbols: duplicates")
-    st = cfg.strategy
-    if not 1 <= st.short_window < st.long_window:
-        raise ConfigError("strategy.short_window: must be >= 1 and below strategy.long_window")
-    if not 0 <= st.bearish <= st.bullish <= 100:
-        raise ConfigError("strategy.bearish: need 0 <= bearish <= bullish <= 100")
-    if st.qty < 1:
-        raise ConfigError("strategy.qty: must be >= 1")
+    owner: dict[str, str] = {}
+    for st in cfg.all_strategies():
+        if st.client_id in owner:
+            raise ConfigError(f"{st.table}.client_id: {st.client_id!r} is also the client_id of "
+                              f"{owner[st.client_id]}; each strategy needs its own")
+        owner[st.client_id] = st.table
+    if cfg.book.ring_len < 1:
+        raise ConfigError("book.ring_len: must be >= 1")
     if not cfg.book.segment or "/" in cfg.book.segment:
         raise ConfigError("book.segment: must be a plain name")
     for sec, key in (("gateway", "heartbeat_ms"), ("ordermanager", "heartbeat_ms"), ("book", "stale_ms")):
@@ -331,14 +435,24 @@ def _validate_hosts(cfg: Config) -> None:
 def parse(raw: dict[str, Any], path: str = "") -> Config:
     """Build and validate a Config from a TOML document's dict."""
     kwargs: dict[str, Any] = {}
-    sections = {f.name: f for f in fields(Config) if f.name not in ("symbols", "path")}
+    sections = {f.name: f for f in fields(Config) if f.name not in ("symbols", "path", "strategy", "strategies")}
+    symbols = raw.get("symbols", Config.symbols)
+    if not isinstance(symbols, list | tuple):
+        raise ConfigError("symbols: expected a list of strings")
     for key, value in raw.items():
         if key == "symbols":
-            if not isinstance(value, list):
-                raise ConfigError("symbols: expected a list of strings")
             kwargs["symbols"] = tuple(value)
         elif key == "risk":
             kwargs["risk"] = _risk(value)
+        elif key == "strategy":
+            kwargs["strategy"] = _strategy("strategy", "", value, tuple(symbols))
+        elif key == "strategies":
+            if not isinstance(value, dict):
+                raise ConfigError("strategies: expected tables [strategies.<name>]")
+            for name in value:
+                if not _NAME.match(name):
+                    raise ConfigError(f"strategies.{name}: a name of letters, digits, '_' and '-' is needed")
+            kwargs["strategies"] = {n: _strategy(f"strategies.{n}", n, v, tuple(symbols)) for n, v in value.items()}
         elif key in sections:
             cls = get_type_hints(Config)[key]
             kwargs[key] = _section(key, cls, value)

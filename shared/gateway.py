@@ -198,8 +198,8 @@ class Gateway:
             for conn, since in list(self.waiting.items()):
                 if now - since > SUBSCRIBE_TIMEOUT_S:
                     self._refuse(conn, f"no subscribe frame in {SUBSCRIBE_TIMEOUT_S:g} s")
+        self._publish(self.news, now)  # first: what a strategy trades on wakes it before the orderbook
         self._publish(self.price, now)
-        self._publish(self.news, now)
         wait = min(self.price.wait(now), self.news.wait(now), self.next_housekeeping - now)
         self.loop.run_once(max(wait, 0.0))
 

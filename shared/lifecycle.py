@@ -129,7 +129,12 @@ def run(daemon: str, build: Callable[[config_mod.Config, Any], Component], log_s
     log.info("started", config=cfg.path, parent=parent.pid, pdeathsig=parent.pdeathsig)
     logs.flush()
     try:
-        comp = build(cfg, log)
+        try:
+            comp = build(cfg, log)
+        except config_mod.ConfigError as e:  # found only once built (a strategy's rule)
+            print(f"{daemon}: bad config: {e}", file=sys.stderr)
+            log.error("bad_config", error=str(e))
+            raise SystemExit(2) from None
         while not stop.requested:
             comp.step()
             if parent.gone():

@@ -100,6 +100,8 @@ class BookWriter:
                     self.log.warning("unknown_symbol", symbol=p.symbol)
                 return
             assert self.writer is not None
+            if p.snapshot and self._holds(slot, p):
+                return  # a repeat of the tick the slot holds: the ring keeps each tick once
             self.writer.write(slot, p.price, p.ts_ns, p.seq)
             self.ticks += 1
         elif t is Hello:
@@ -112,6 +114,11 @@ class BookWriter:
             self.log.warning("subscription_refused", peer=conn.peer, stream="price", reason=r.reason,
                              detail=r.detail)
             self.client.refuse(r.reason)
+
+    def _holds(self, slot: int, p: Price) -> bool:
+        assert self.seg is not None
+        rec = self.seg.read(slot)
+        return rec is not None and (rec.tick_seq, rec.ts_ns, rec.price) == (p.seq, p.ts_ns, p.price)
 
     def step(self) -> None:
         now = time.monotonic()

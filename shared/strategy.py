@@ -1,22 +1,25 @@
-"""strategy: reads the book, consumes news, sends orders by the rule of §7.
+"""strategy: consumes news and, on each news tick, asks its rule with the
+symbol's last ticks from the book's ring; sends the rule's orders.
 
-Prices enter a rolling buffer per symbol once per new tick in the book (the
-record's ``updates`` changed), never per poll. Orders are tracked until
-acked; after a reconnect the pending ones are resent with the same ids, and
-no new order is made until they are answered.
+No polling: the loop waits on its sockets, and reads the ring only when news
+arrives, so a window holds every tick at any rate and an idle strategy costs
+nothing. Housekeeping (staleness, the segment, heartbeats) runs on a coarse
+timer. Orders are tracked until acked; after a reconnect the pending ones are
+resent with the same ids, and no new order is made until they are answered.
 """
 
 from __future__ import annotations
 
+import gc
 import secrets
 import time
-from collections import deque
+import traceback
 from typing import Any
 
 import msgspec
 
 from shared import config as config_mod
-from shared import tls
+from shared import logs, tls
 from shared.book import BookError, Segment
 from shared.net import Client, Conn, Loop, Retry, Sequence, backoff
 from shared.protocol import (
@@ -33,7 +36,10 @@ from shared.protocol import (
     Reject,
     frame,
 )
-from shared.rule import RuleParams, decide
+from shared.rule import Decision
+
+HOUSEKEEPING_S = 0.1  # staleness, the segment, reconnects and heartbeats: at most this far apart,
+# and at most half a heartbeat interval apart
 
 _news_decoder = msgspec.json.Decoder(News | Hello | Heartbeat | Reject)
 _om_decoder = msgspec.json.Decoder(Ack | Reject | LogonAck | Heartbeat)
@@ -54,15 +60,27 @@ def order_number(order_id: str | None, client_id: str) -> int:
     return 0
 
 
-class Trader:
-    """The strategy component."""
+def rule_for(cfg: config_mod.Config, spec: config_mod.Strategy) -> Any:
+    """The strategy's rule, built from its table; ConfigError if it cannot be,
+    or if it wants more ticks than the ring keeps."""
+    rule = config_mod.load_rule(spec)
+    if rule.history > cfg.book.ring_len:
+        raise config_mod.ConfigError(f"{spec.table}.rule: {spec.rule} wants {rule.history} ticks; "
+                                     f"book.ring_len keeps {cfg.book.ring_len}")
+    return rule
 
-    def __init__(self, cfg: config_mod.Config, log: Any) -> None:
-        self.cfg, self.log = cfg, log
-        st = cfg.strategy
-        self.params = RuleParams(st.short_window, st.long_window, st.bullish, st.bearish, st.qty)
-        self.client_id = st.client_id
-        self.poll_s = st.poll_us / 1e6
+
+class Trader:
+    """The strategy component: program ``strategy`` (name "") or ``strategy-<name>``."""
+
+    def __init__(self, cfg: config_mod.Config, log: Any, name: str = "") -> None:
+        self.cfg = cfg
+        self.spec = cfg.strategy_named(name)
+        self.rule = rule_for(cfg, self.spec)
+        self.client_id = self.spec.client_id
+        self.log = log = log.bind(client_id=self.client_id)
+        log.info("rule", rule=self.spec.rule, params=repr(self.rule.params), history=self.rule.history)
+        self.symbols = set(self.spec.symbols or cfg.symbols)
         self.loop = Loop()
         g, om = cfg.gateway, cfg.ordermanager
         self.news = Client(self.loop, log, *cfg.link("news"), "news", self._news_connected, self._on_news,
@@ -77,12 +95,11 @@ class Trader:
                    else tls.TlsClient(*om_args, decoder=_om_decoder, tls=ctx))
         self.seq = Sequence(log, "news", g.heartbeat_ms)
         self.om_hb_s = om.heartbeat_ms / 1000
+        self.period = min(HOUSEKEEPING_S, min(g.heartbeat_ms, om.heartbeat_ms) / 2000)
         self.seg: Segment | None = None
         self.attach = Retry(log, "segment_wait", segment=cfg.book.segment)
         self.next_check = 0.0
         self.generation = -1
-        self.windows: dict[str, deque[float]] = {s: deque(maxlen=st.long_window) for s in cfg.symbols}
-        self.last_updates: dict[str, int] = {}
         self.positions = {s: 0 for s in cfg.symbols}  # acknowledged
         self.pending: dict[str, Order] = {}
         self.resending: set[str] = set()
@@ -91,6 +108,7 @@ class Trader:
         self.refusals = 0
         self.n = 0
         self.stale: bool | None = None
+        gc.freeze()  # what start-up made lives on: collections on the news path need not walk it
 
     # --- the book -------------------------------------------------------------
 
@@ -98,35 +116,30 @@ class Trader:
         name = self.cfg.book.segment
         try:
             seg = Segment.attach(name)
-            seg.check_symbols(self.cfg.symbols)
         except (BookError, OSError) as e:  # OSError: no fd left, …
+            self.attach.failed(now, str(e))
+            return
+        try:
+            seg.check_symbols(self.cfg.symbols)
+            if seg.ring_len < self.rule.history:
+                raise BookError(f"segment {name}: keeps {seg.ring_len} ticks per symbol, the rule wants "
+                                f"{self.rule.history}")
+        except BookError as e:
+            seg.close()
             self.attach.failed(now, str(e))
             return
         self.seg = seg
         self.attach.succeeded()
-        self.slots = list(enumerate(seg.symbols))
         self.log.info("segment_attached", segment=name, generation=seg.generation)
+        self._check_generation()
 
-    def _poll_book(self) -> None:
-        """Feed each symbol's buffer with the ticks that are new since the last poll."""
-        seg = self.seg
-        if seg is None:
-            return
-        gen = seg.generation
-        seen = []
-        for i, sym in self.slots:
-            rec = seg.read(i)
-            if rec is not None and rec.seq and rec.updates != self.last_updates.get(sym):
-                seen.append((sym, rec))
-        if seg.generation != gen:
-            return  # a writer took over mid-read: read again next poll
+    def _check_generation(self) -> None:
+        assert self.seg is not None
+        gen = self.seg.generation
         if gen != self.generation:
             if self.generation >= 0:
-                self.log.info("generation_changed", segment=seg.name, generation=gen, previous=self.generation)
+                self.log.info("generation_changed", segment=self.seg.name, generation=gen, previous=self.generation)
             self.generation = gen
-        for sym, rec in seen:
-            self.last_updates[sym] = rec.updates
-            self.windows[sym].append(rec.price)
 
     def _check_stale(self) -> bool:
         """True if the book is stale; logs book_stale / book_fresh on a change."""
@@ -156,7 +169,8 @@ class Trader:
         if t is News:
             n: News = msg  # type: ignore[assignment]
             self.seq.data(n.seq)
-            self._on_tick(n)
+            if n.symbol in self.symbols:
+                self._on_tick(n)
         elif t is Hello:
             h: Hello = msg  # type: ignore[assignment]
             self.seq.hello(h.session, h.next_seq, h.heartbeat_ms)
@@ -177,25 +191,43 @@ class Trader:
         return pos
 
     def _on_tick(self, news: News) -> None:
-        self._poll_book()
-        if self.seg is None or self._check_stale():
+        seg = self.seg
+        if seg is None or self._check_stale():
             return
         if not self.logged_on or self.resending or self.om.conn is None:
             return  # link down or resynchronising: no new orders
-        window = self.windows.get(news.symbol)
-        if not window:
+        slot = seg.slots[news.symbol]
+        ticks = seg.ticks(slot, self.rule.history)
+        if ticks is None:  # the writer lapped us or kept the slot busy: say so, decide nothing
+            self.log.warning("window_unavailable", symbol=news.symbol, news_seq=news.seq, wanted=self.rule.history)
+            return
+        if not ticks:
             return  # never priced
-        d = decide(window, news.sentiment, self.position(news.symbol), self.params)
+        try:
+            d = self.rule.decide(ticks, news, self.position(news.symbol))
+        except Exception as e:
+            self.log.error("rule_failed", rule=self.spec.rule, error=f"{type(e).__name__}: {e}",
+                           symbol=news.symbol, news_seq=news.seq, sentiment=news.sentiment, news_ts_ns=news.ts_ns,
+                           price=ticks[-1].price, tick_seq=ticks[-1].tick_seq, traceback=traceback.format_exc())
+            return
         if d is None:
             return
-        side, qty = d
+        if not (isinstance(d, tuple) and len(d) == 2 and d[0] in ("BUY", "SELL") and type(d[1]) is int
+                and d[1] > 0):
+            self.log.error("rule_failed", rule=self.spec.rule, error=f"not a Decision(side, qty > 0): {d!r}",
+                           symbol=news.symbol, news_seq=news.seq, sentiment=news.sentiment, news_ts_ns=news.ts_ns)
+            return
+        self._send(news, Decision(*d), ticks[-1].price, ticks[0].tick_seq, ticks[-1].tick_seq, len(ticks))
+
+    def _send(self, news: News, d: Decision, price: float, first: int, last: int, n: int) -> None:
+        assert self.om.conn is not None
         self.n += 1
-        order = Order(order_id=f"{self.client_id}-{self.n}", symbol=news.symbol, side=side, qty=qty,
-                      price=window[-1], ts_ns=time.time_ns(), tick_ts_ns=news.ts_ns)
+        order = Order(order_id=f"{self.client_id}-{self.n}", symbol=news.symbol, side=d.side, qty=d.qty,
+                      price=price, ts_ns=time.time_ns(), tick_ts_ns=news.ts_ns)
         self.pending[order.order_id] = order
         self.om.conn.write(frame(order))
-        self.log.info("order_sent", order_id=order.order_id, symbol=order.symbol, side=side, qty=qty,
-                      price=order.price, sentiment=news.sentiment)
+        logs.hot("order_sent", client_id=self.client_id, order_id=order.order_id, symbol=order.symbol, side=d.side,
+                 qty=d.qty, price=price, sentiment=news.sentiment, ticks=n, first_tick_seq=first, last_tick_seq=last)
 
     # --- order entry ----------------------------------------------------------
 
@@ -256,29 +288,32 @@ class Trader:
     # --- the loop -------------------------------------------------------------
 
     def step(self) -> None:
-        # Read first, then judge silence (see OrderManager.step).
-        self.loop.run_once(self.poll_s)
-        self._poll_book()
+        # Wait on the sockets only: news wakes us; the timer does the housekeeping.
+        self.loop.run_once(self.next_check - time.monotonic())
         now = time.monotonic()
+        if now >= self.next_check:
+            self.next_check = now + self.period
+            self._housekeeping(now)
+
+    def _housekeeping(self, now: float) -> None:
         if self.seg is None and self.attach.due(now):
             self._attach(now)
-        if now >= self.next_check:
-            self.next_check = now + 0.05
-            if self.seg is not None:
-                if self.seg.replaced():
-                    self.log.error("segment_lost", segment=self.seg.name, reason="segment_replaced")
-                    self.seg.close()
-                    self.seg = None
-                    self.last_updates.clear()
-                else:
-                    self._check_stale()
-            self.news.poll(now)
-            self.om.poll(now)
-            self.news.check_alive(now, self.seq.timeout_s)
-            self.om.check_alive(now, 3 * self.om_hb_s)
-            c = self.om.conn
-            if c is not None and self.logged_on and c.quiet_for(now) >= self.om_hb_s:
-                c.write(frame(Heartbeat(ts_ns=time.time_ns())))
+        if self.seg is not None:
+            if self.seg.replaced():
+                self.log.error("segment_lost", segment=self.seg.name, reason="segment_replaced")
+                self.seg.close()
+                self.seg = None
+            else:
+                self._check_generation()
+                self._check_stale()
+        self.news.poll(now)
+        self.om.poll(now)
+        # Judged after reading (see OrderManager.step).
+        self.news.check_alive(now, self.seq.timeout_s)
+        self.om.check_alive(now, 3 * self.om_hb_s)
+        c = self.om.conn
+        if c is not None and self.logged_on and c.quiet_for(now) >= self.om_hb_s:
+            c.write(frame(Heartbeat(ts_ns=time.time_ns())))
 
     def shutdown(self, deadline: float) -> None:
         self.news.close()  # stop intake first

@@ -13,6 +13,8 @@ from pathlib import Path
 from shared.config import ROOT
 
 ROWS = [
+    "two-hop floor p50 / p99", "tick-to-trade p50 strategy ", "tick-to-trade p99 strategy-s4",
+    "strategy windows at 50,000 ticks/s", "idle strategy, no news",
     "tick-to-trade p50", "tick-to-trade p99 ", "tick-to-trade p99.9", "tick-to-trade max", "tick-to-trade mean",
     "tick-to-trade samples", "price feed into the book", "price feed gaps / slow-consumer drops / lost",
     "tick → book p50", "tick → book p99", "ordermanager, 4 pipelining clients", "ordermanager orders acked / journaled",

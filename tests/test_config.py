@@ -11,6 +11,7 @@ import pytest
 
 from shared import config
 from shared.config import ConfigError
+from shared.rule import MeanReversion, MeanReversionParams, RuleParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,10 +30,12 @@ def test_shipped_config_loads() -> None:
     assert (cfg.gateway.price_rate, cfg.gateway.news_rate) == (100.0, 2.0)
     assert (cfg.ordermanager.host, cfg.ordermanager.port) == ("127.0.0.1", 8002)
     assert cfg.ordermanager.journal == "logs/orders.jsonl"
-    assert (cfg.book.segment, cfg.book.stale_ms) == ("tradestack_book", 500)
+    assert (cfg.book.segment, cfg.book.stale_ms, cfg.book.ring_len) == ("tradestack_book", 500, 256)
     st = cfg.strategy
-    assert (st.client_id, st.short_window, st.long_window, st.bullish, st.bearish, st.qty) == (
-        "strategy-1", 5, 20, 60, 40, 10)
+    assert (st.client_id, st.rule, st.symbols, st.program) == (
+        "strategy-1", "shared.rule:MovingAverageSentiment", (), "strategy")
+    assert config.load_rule(st).params == RuleParams(short_window=5, long_window=20, bullish=60, bearish=40, qty=10)
+    assert cfg.strategies == {}  # the shipped config runs the one program "strategy"
     assert cfg.path == str(ROOT / "deploy" / "stack.toml")
 
 
@@ -67,8 +70,6 @@ BAD = [
     ("unknown_key_in_section", "[gateway]\nprice_prot = 9000\n", "gateway.price_prot"),
     ("section_not_table", "gateway = 3\n", "gateway"),
     ("wrong_type_port", '[gateway]\nprice_port = "8000"\n', "gateway.price_port"),
-    ("wrong_type_bool_for_int", "[strategy]\nqty = true\n", "strategy.qty"),
-    ("wrong_type_float_for_int", "[strategy]\nqty = 1.5\n", "strategy.qty"),
     ("wrong_type_str", "[book]\nsegment = 5\n", "book.segment"),
     ("symbols_not_list", 'symbols = "AAPL"\n', "symbols"),
     ("port_0", "[ordermanager]\nport = 0\n", "ordermanager.port"),
@@ -78,11 +79,20 @@ BAD = [
     ("symbol_too_long", 'symbols = ["ABCDEFGHIJKLMNOPQ"]\n', "symbols"),
     ("symbol_not_str", "symbols = [1]\n", "symbols"),
     ("duplicate_symbols", 'symbols = ["AAPL", "MSFT", "AAPL"]\n', "symbols"),
-    ("short_equals_long", "[strategy]\nshort_window = 20\nlong_window = 20\n", "short_window"),
-    ("short_above_long", "[strategy]\nshort_window = 21\n", "short_window"),
-    ("short_zero", "[strategy]\nshort_window = 0\n", "short_window"),
-    ("bearish_above_bullish", "[strategy]\nbearish = 70\n", "strategy.bearish"),
-    ("qty_zero", "[strategy]\nqty = 0\n", "strategy.qty"),
+    ("ring_len_zero", "[book]\nring_len = 0\n", "book.ring_len"),
+    ("duplicate_client_id", '[strategy]\nclient_id = "x"\n[strategies.a]\nclient_id = "x"\n',
+     "strategies.a.client_id: 'x' is also the client_id of strategy"),
+    ("duplicate_client_id_by_default", '[strategies.a]\n[strategies.b]\nclient_id = "a"\n',
+     "strategies.b.client_id: 'a' is also the client_id of strategies.a"),
+    ("client_id_with_space", '[strategies.a]\nclient_id = "a b"\n', "strategies.a.client_id"),
+    ("strategies_not_tables", "strategies = 3\n", "strategies"),
+    ("strategy_not_table", "[strategies]\na = 3\n", "strategies.a"),
+    ("strategy_name_bad", '[strategies."a:b"]\n', "strategies.a:b"),
+    ("rule_not_module_class", '[strategies.a]\nrule = "shared.rule.MeanReversion"\n', "strategies.a.rule"),
+    ("rule_not_str", "[strategy]\nrule = 3\n", "strategy.rule"),
+    ("strategy_symbols_unknown", '[strategies.a]\nsymbols = ["AAPL", "TSLA"]\n', "strategies.a.symbols"),
+    ("strategy_symbols_empty", "[strategies.a]\nsymbols = []\n", "strategies.a.symbols"),
+    ("strategy_param_table", "[strategies.a]\n[strategies.a.x]\ny = 1\n", "strategies.a.x"),
     ("segment_with_slash", '[book]\nsegment = "a/b"\n', "book.segment"),
     ("stale_ms_zero", "[book]\nstale_ms = 0\n", "book.stale_ms"),
     ("links_no_port", '[links]\nprice = "127.0.0.1"\n', "links.price"),
@@ -167,3 +177,60 @@ def test_daemon_with_bad_config_exits_with_one_line(tmp_path: Path, daemon: str,
     assert len(lines) == 1, proc.stderr
     assert names in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_strategies_tables(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, '''
+[strategies.momentum]
+symbols = ["AAPL", "MSFT"]
+short_window = 3
+[strategies.revert]
+client_id = "mr-1"
+rule = "shared.rule:MeanReversion"
+window = 30
+entry_z = 1.5
+'''))
+    assert list(cfg.strategies) == ["momentum", "revert"]
+    m, r = cfg.strategies["momentum"], cfg.strategies["revert"]
+    assert (m.client_id, m.rule, m.symbols, m.program, m.table) == (
+        "momentum", config.DEFAULT_RULE, ("AAPL", "MSFT"), "strategy-momentum", "strategies.momentum")
+    assert config.load_rule(m).params == RuleParams(short_window=3)
+    rule = config.load_rule(r)
+    assert isinstance(rule, MeanReversion) and rule.name == "shared.rule:MeanReversion"
+    assert rule.params == MeanReversionParams(window=30, entry_z=1.5) and rule.history == 30
+    assert [s.program for s in cfg.all_strategies()] == ["strategy", "strategy-momentum", "strategy-revert"]
+    assert cfg.strategy_named("revert") is r and cfg.strategy_named("") is cfg.strategy
+    with pytest.raises(ConfigError, match="strategies.nope"):
+        cfg.strategy_named("nope")
+
+
+# A rule and its params are checked when the strategy starts (and by deploy/up's
+# prepare): the other daemons never import a rule. (id, strategy table, text the error must contain)
+BAD_RULES = [
+    ("wrong_type_bool_for_int", "qty = true", "strategy.qty"),
+    ("wrong_type_float_for_int", "qty = 1.5", "strategy.qty"),
+    ("short_equals_long", "short_window = 20\nlong_window = 20", "strategy.short_window"),
+    ("short_above_long", "short_window = 21", "strategy.short_window"),
+    ("short_zero", "short_window = 0", "strategy.short_window"),
+    ("bearish_above_bullish", "bearish = 70", "strategy.bearish"),
+    ("qty_zero", "qty = 0", "strategy.qty"),
+    ("unknown_param", "poll_us = 1000", "strategy.poll_us: unknown key"),
+    ("param_of_another_rule", 'rule = "shared.rule:MeanReversion"\nshort_window = 3', "strategy.short_window"),
+    ("mean_reversion_exit_above_entry", 'rule = "shared.rule:MeanReversion"\nexit_z = 3.0', "strategy.exit_z"),
+    ("no_such_module", 'rule = "shared.nope:Rule"', "strategy.rule: cannot import 'shared.nope:Rule'"),
+    ("no_such_class", 'rule = "shared.rule:Nope"', "strategy.rule: cannot import 'shared.rule:Nope'"),
+    ("not_a_rule", 'rule = "shared.rule:Tick"', "strategy.rule: 'shared.rule:Tick' is not a rule"),
+    ("module_fails_to_import", 'rule = "broken_rule:Rule"', "strategy.rule: cannot import 'broken_rule:Rule': Runtime"),
+]
+
+
+@pytest.mark.parametrize(("table", "names"), [b[1:] for b in BAD_RULES], ids=[b[0] for b in BAD_RULES])
+def test_bad_rule_names_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str, names: str) -> None:
+    write(tmp_path, 'raise RuntimeError("broken on purpose")\n', "broken_rule.py")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = config.load(write(tmp_path, f"[strategy]\n{table}\n"))
+    with pytest.raises(ConfigError) as e:
+        config.load_rule(cfg.strategy)
+    msg = str(e.value)
+    assert names in msg
+    assert "\n" not in msg

@@ -29,7 +29,7 @@ GOOD = [entry(1, "a"), entry(2, "b", "SELL", 20), entry(3, "x", cid="other"), en
     ([entry(1, "a"), entry(2, "b", sym="MSFT"), entry(3, "c", "SELL", 20)], None),
 ])
 def test_journal_problems(journal: list[dict[str, Any]], problem: str | None) -> None:
-    found = journal_problems(journal, "s-1", 10)
+    found = journal_problems(journal, {"s-1": 10})
     assert (problem is None and not found) or (problem is not None and any(problem in p for p in found)), found
 
 
@@ -94,3 +94,9 @@ def test_parse_toxic(spec: str, want: dict[str, Any]) -> None:
 def test_parse_toxic_refuses(spec: str) -> None:
     with pytest.raises(proxy.ToxicError):
         proxy.parse_toxic(spec)
+def test_journal_problems_bound_each_client_apart() -> None:
+    two = [entry(1, "a"), entry(2, "b", cid="c-2"), entry(3, "c", cid="c-2"), entry(4, "d", cid="free"),
+           entry(5, "e", cid="free")]
+    assert journal_problems(two, {"s-1": 10, "c-2": 20, "free": None}) == []
+    found = journal_problems(two, {"s-1": 10, "c-2": 10})
+    assert len(found) == 1 and found[0].startswith("c-2 position 20 AAPL beyond ±10"), found

@@ -79,6 +79,16 @@ def test_default_render_is_the_shipped_config() -> None:
     assert ctl.render(config.parse({}), text, "/d") == text.replace("%(here)s", "/d")
 
 
+def test_render_writes_the_strategies_programs_in_place_of_the_include() -> None:
+    text = (ROOT / "deploy" / "supervisord.conf").read_text()
+    cfg = config.parse({"strategies": {"revert": {"rule": "shared.rule:MeanReversion"}}})
+    out = ctl.render(cfg, text, "/d")
+    assert "[program:strategy-revert]" in out and "[include]" not in out
+    assert "/d/../daemons/strategy.py revert" in out
+    market = config.parse({"host": {"roles": ["market"]}, "strategies": {"revert": {}}})
+    assert "[program:strategy-revert]" not in ctl.render(market, text, "/d")
+
+
 def test_certs_are_made_once_with_private_keys_0600(tmp_path: Path) -> None:
     d = certs(tmp_path / "pki", "orders=127.0.0.1,10.231.2.31", "trader1")
     for name in ("ca.key", "orders.key", "trader1.key", "order.token", "md.token"):

@@ -1,12 +1,31 @@
-"""The trading rule of contract §7, as a table of cases."""
+"""The trading rules as tables of cases: contract §7's, the mean-reversion
+example, and the one the README teaches."""
 
 from __future__ import annotations
 
+import re
+import sys
 from collections import deque
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from shared.rule import RuleParams, decide, news_signal, price_signal
+from shared.rule import (
+    Decision,
+    MeanReversion,
+    MeanReversionParams,
+    MovingAverageSentiment,
+    RuleParams,
+    Tick,
+    decide,
+    news_signal,
+    price_signal,
+    to_target,
+    zscore,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 P = RuleParams(short_window=2, long_window=4, bullish=60, bearish=40, qty=10)
 UP = [100.0, 101.0, 102.0, 103.0, 110.0]  # short 106.5 > long 104
@@ -80,3 +99,91 @@ def test_default_windows_need_twenty_prices() -> None:
     prices = [float(i) for i in range(1, 20)]
     assert decide(prices, 75, 0, RuleParams()) is None
     assert decide([*prices, 20.0], 75, 0, RuleParams()) == ("BUY", 10)
+
+
+def ticks(prices: list[float]) -> list[Tick]:
+    return [Tick(p, 1000 + i, 10 + i) for i, p in enumerate(prices)]
+
+
+def news(sentiment: int = 50) -> SimpleNamespace:
+    return SimpleNamespace(symbol="AAPL", sentiment=sentiment, ts_ns=5, seq=1)
+
+
+@pytest.mark.parametrize(("prices", "sentiment", "position", "expected"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_moving_average_sentiment_rule_on_ticks(prices: list[float], sentiment: int, position: int,
+                                                expected: tuple[str, int] | None) -> None:
+    rule = MovingAverageSentiment(P)
+    assert rule.history == P.long_window
+    assert rule.decide(ticks(prices[-rule.history:]), news(sentiment), position) == expected
+
+
+@pytest.mark.parametrize(("target", "position", "expected"), [
+    (10, 0, ("BUY", 10)), (-10, 0, ("SELL", 10)), (0, 7, ("SELL", 7)), (0, -3, ("BUY", 3)), (5, 5, None),
+])
+def test_to_target(target: int, position: int, expected: tuple[str, int] | None) -> None:
+    assert to_target(target, position) == expected
+
+
+MR = MeanReversionParams(window=5, entry_z=1.5, exit_z=0.5, qty=10)
+SPIKE_UP = [100.0, 100.0, 100.0, 100.0, 110.0]  # z = 2.0
+SPIKE_DOWN = [100.0, 100.0, 100.0, 100.0, 90.0]  # z = -2.0
+NEAR = [99.0, 101.0, 99.0, 101.0, 100.0]  # z = 0.0
+DRIFT = [100.0, 101.0, 102.0, 103.0, 104.0]  # z = 1.41: between exit and entry
+
+# (id, prices, position, expected order)
+MR_CASES = [
+    ("stretched_up_sells", SPIKE_UP, 0, ("SELL", 10)),
+    ("stretched_down_buys", SPIKE_DOWN, 0, ("BUY", 10)),
+    ("stretched_up_long_flips", SPIKE_UP, 10, ("SELL", 20)),
+    ("stretched_up_already_short", SPIKE_UP, -10, None),
+    ("back_near_mean_flattens_long", NEAR, 10, ("SELL", 10)),
+    ("back_near_mean_flattens_short", NEAR, -10, ("BUY", 10)),
+    ("near_mean_flat_stays", NEAR, 0, None),
+    ("between_exit_and_entry_holds", DRIFT, -10, None),
+    ("between_exit_and_entry_flat", DRIFT, 0, None),
+    ("flat_prices_no_zscore", [100.0] * 5, 10, None),
+    ("too_little_history", SPIKE_UP[1:], 0, None),
+    ("only_the_window_counts", [50.0, *SPIKE_UP], 0, ("SELL", 10)),
+]
+
+
+@pytest.mark.parametrize(("prices", "position", "expected"), [c[1:] for c in MR_CASES],
+                         ids=[c[0] for c in MR_CASES])
+def test_mean_reversion(prices: list[float], position: int, expected: tuple[str, int] | None) -> None:
+    rule = MeanReversion(MR)
+    assert rule.history == 5
+    assert rule.decide(ticks(prices[-rule.history:]), news(), position) == expected
+
+
+def test_zscore() -> None:
+    assert zscore(SPIKE_UP) == pytest.approx(2.0)
+    assert zscore(SPIKE_DOWN) == pytest.approx(-2.0)
+    assert zscore([3.0, 3.0]) is None
+
+
+@pytest.mark.parametrize(("kwargs", "key"), [
+    ({"window": 1}, "window"), ({"exit_z": 3.0}, "exit_z"), ({"entry_z": -1.0}, "exit_z"), ({"qty": 0}, "qty"),
+])
+def test_mean_reversion_params_checked(kwargs: dict[str, float], key: str) -> None:
+    with pytest.raises(ValueError, match=f"^{key}:"):
+        MeanReversionParams(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_readme_example_rule_and_its_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two code blocks of the README's "Write your own strategy" work as written."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Write your own strategy"):]
+    rule_src, table_src = re.findall(r"```python\n(.*?)```", section, re.S)[:2]
+    (tmp_path / "myrules.py").write_text(rule_src)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "myrules", raising=False)
+    exec(compile(table_src, "README table", "exec"), {})
+    from shared import config
+
+    cfg = config.parse({"strategies": {"breakout": {"rule": "myrules:Breakout", "window": 30}}})
+    rule = config.load_rule(cfg.strategies["breakout"])
+    assert rule.history == 31 and rule.decide(ticks([1.0] * 30 + [2.0]), news(), -3) == Decision("BUY", 13)
+    with pytest.raises(config.ConfigError, match="strategies.breakout.window: must be >= 1"):
+        config.load_rule(config.parse({"strategies": {"breakout": {"rule": "myrules:Breakout", "window": 0}}})
+                         .strategies["breakout"])

@@ -1,10 +1,12 @@
 """deploy/bench: the stack's figures, each beside its reference measured in
-the same run, as one markdown table (issue 4).
+the same run, as one markdown table (issues 4 and 9).
 
 The references run first, with no stack up (bare loopback processes from
 ``shared.ops.loopback``); then two private stacks under the real supervisord
 (logging on, journal on, the default durability): one for the price feed,
-the book and the ordermanager, one for tick-to-trade and recovery.
+the book, the strategy's windows and idle CPU, and the ordermanager; one with
+four strategies for tick-to-trade (and the floor again, while it runs) and
+recovery.
 """
 
 from __future__ import annotations
@@ -22,20 +24,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.book import Record, Segment
+from shared.book import Segment
 from shared.config import ROOT
 from shared.ops import benchscrape, loopback
 from shared.ops.benchreport import (
     BOOK_RATE,
     NEWS_RATE,
     PRICE_RATE,
+    STRATEGIES,
     T2T_STRATEGY,
+    WINDOW_NEWS,
+    WINDOW_RATE,
+    WINDOW_STRATEGY,
     histogram,
     notes,
     rows,
     table,
 )
 from shared.ops.harness import Stack, dump_toml
+from shared.ops.probes import SNAPSHOT_S, idle_run, records, snapshot, windows_run
 from shared.ops.recovery import recover_gateway, recover_ordermanager, recover_supervisord
 
 
@@ -52,9 +59,13 @@ class Plan:
     kills: int = 5
     up_kills: int = 3
     reads: int = 200_000
+    windows_s: float = 10.0
+    idle_s: float = 10.0
+    strategies: int = STRATEGIES
 
 
-QUICK = Plan(feed_s=2.0, t2t_s=3.0, floor_n=200, raw_s=0.5, book_s=1.0, om_s=1.0, kills=1, up_kills=1, reads=20_000)
+QUICK = Plan(feed_s=2.0, t2t_s=3.0, floor_n=200, raw_s=0.5, book_s=1.0, om_s=1.0, kills=1, up_kills=1, reads=20_000,
+             windows_s=1.5, idle_s=1.5)
 
 
 _T0 = time.monotonic()
@@ -86,10 +97,6 @@ def attach(stack: Stack, timeout: float = 30.0) -> Segment:
         return None
 
     return stack.wait_for(ready, timeout=timeout, interval=0.05)
-
-
-def records(seg: Segment) -> list[Record | None]:
-    return [seg.read(i) for i in range(len(seg.symbols))]
 
 
 def wait_fresh(seg: Segment, since_ns: int, timeout: float = 30.0) -> int:
@@ -132,19 +139,6 @@ def rss_mb(stack: Stack) -> dict[str, float]:
             continue
         out[name] = kb / 1024
     return out
-
-
-SNAPSHOT_S = 50e-6  # the longest a read of every slot may take to count as one instant
-
-
-def snapshot(seg: Segment) -> tuple[list[Record], float]:
-    """Every slot, read within SNAPSHOT_S (retried when the reader was preempted); and when."""
-    for _ in range(10_000):
-        t = time.perf_counter()
-        recs = records(seg)
-        if time.perf_counter() - t < SNAPSHOT_S and all(recs):
-            break
-    return [r for r in recs if r is not None], time.monotonic()
 
 
 def feed_run(stack: Stack, seg: Segment, seconds: float) -> dict[str, Any]:
@@ -219,7 +213,7 @@ def journal_count(stack: Stack, prefix: str) -> int:
 def references(plan: Plan, res: dict[str, Any]) -> None:
     """Everything measured without the stack."""
     say(f"floor: two-hop chain, {plan.floor_n} news at {NEWS_RATE}/s")
-    res["floor"] = loopback.chain(2, "news", NEWS_RATE, plan.floor_n)
+    res["floor_idle"] = loopback.chain(2, "news", NEWS_RATE, plan.floor_n)
     say(f"one-hop chain, prices at {BOOK_RATE}/s")
     res["hop"] = loopback.chain(1, "price", BOOK_RATE, int(BOOK_RATE * plan.book_s))
     say("raw framed stream")
@@ -231,7 +225,7 @@ def references(plan: Plan, res: dict[str, Any]) -> None:
 
 def feed_stack(workdir: Path, plan: Plan, res: dict[str, Any]) -> None:
     """Price feed, tick -> book, ordermanager throughput, book reads, RSS."""
-    stack = Stack(workdir, {"gateway": {"price_rate": 0}})
+    stack = Stack(workdir, {"gateway": {"price_rate": 0}, "strategy": WINDOW_STRATEGY})
     say("stack 1: price feed as fast as possible")
     stack.start()
     try:
@@ -254,7 +248,13 @@ def feed_stack(workdir: Path, plan: Plan, res: dict[str, Any]) -> None:
             ev = count_events(stack)
             res["book"] = book_latency(seg, plan.book_s)
             res["book_clean"] = count_events(stack) == ev
-            set_gateway(stack, seg, price_rate=100)
+            say(f"strategy windows at {WINDOW_RATE:,} ticks/s, {WINDOW_NEWS} news/s")
+            set_gateway(stack, seg, price_rate=WINDOW_RATE, news_rate=WINDOW_NEWS)
+            res["windows"] = windows_run(stack, seg, plan.windows_s)
+            say(f"idle strategy: no news, prices at {WINDOW_RATE:,}/s; a 1 ms book poller beside it")
+            set_gateway(stack, seg, news_rate=0.001)
+            res["idle"] = idle_run(stack, seg, plan.idle_s)
+            set_gateway(stack, seg, price_rate=100, news_rate=2)
             say("ordermanager: 4 pipelining clients")
             om = loopback.order_load(stack.cfg.ordermanager.port, stack.token, stack.cfg.symbols[0], plan.om_s)
             om["journaled"] = journal_count(stack, "bench-")
@@ -268,24 +268,30 @@ def feed_stack(workdir: Path, plan: Plan, res: dict[str, Any]) -> None:
 
 
 def t2t_stack(workdir: Path, plan: Plan, res: dict[str, Any]) -> None:
-    """Tick-to-trade at 1,000 prices/s and 200 news/s; then recovery."""
+    """Tick-to-trade of four strategies at 1,000 prices/s and 200 news/s; the
+    floor again while they run; then recovery."""
     stack = Stack(workdir, {"gateway": {"price_rate": PRICE_RATE, "news_rate": NEWS_RATE},
-                            "strategy": T2T_STRATEGY})
-    say(f"stack 2: tick-to-trade for {plan.t2t_s:g} s")
+                            "strategy": T2T_STRATEGY,
+                            "strategies": {f"s{i}": dict(T2T_STRATEGY) for i in range(2, plan.strategies + 1)}})
+    say(f"stack 2: tick-to-trade of {len(stack.strategies)} strategies for {plan.t2t_s:g} s")
     stack.start()
     try:
         seg = attach(stack)
         try:
-            stack.wait_for(lambda: stack.events("strategy", "logged_on"), timeout=30)
+            for st in stack.strategies:
+                stack.wait_for(lambda p=st.program: stack.events(p, "logged_on"), timeout=30)
             time.sleep(1.0)
             t0 = time.time_ns()
             time.sleep(plan.t2t_s)
             t1 = time.time_ns()
             time.sleep(0.5)  # the last orders in flight
-            cid = stack.cfg.strategy.client_id
-            res["t2t"] = [e["recv_ns"] - e["tick_ts_ns"] for e in stack.journal()
-                          if e.get("client_id") == cid and t0 <= e["tick_ts_ns"] < t1]
+            journal = stack.journal()
+            res["t2t"] = {st.program: [e["recv_ns"] - e["tick_ts_ns"] for e in journal
+                                       if e.get("client_id") == st.client_id and t0 <= e["tick_ts_ns"] < t1]
+                          for st in stack.strategies}
             res["t2t_news"] = round(NEWS_RATE * plan.t2t_s)
+            say(f"floor again, while the stack runs: {plan.floor_n} news at {NEWS_RATE}/s")
+            res["floor_load"] = loopback.chain(2, "news", NEWS_RATE, plan.floor_n)
             res["rss_t2t"] = rss_mb(stack)
             say(f"recovery: kill -9 gateway, ordermanager, {plan.kills} times each")
             res["rec_gw"] = [recover_gateway(stack, seg) for _ in range(plan.kills)]
@@ -315,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--t2t-duration", type=float, help="seconds of the tick-to-trade run (default 40)")
     ap.add_argument("--kills", type=int, help="kill -9 runs per program (default 5)")
     ap.add_argument("--up-kills", type=int, help="kill -9 supervisord -> up runs (default 3)")
+    ap.add_argument("--strategies", type=int, help=f"strategies trading at once (default {STRATEGIES})")
     ap.add_argument("--out", default="logs/bench.md", help="markdown report (a .png beside it)")
     ap.add_argument("--keep", action="store_true", help="keep the stacks' directories (logs, journal)")
     ap.add_argument("--scrape", action="store_true", help="only tick-to-trade without and with a /metrics scrape "
@@ -333,7 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return benchjournal.main(args, argv)
     plan = QUICK if args.quick else Plan()
-    overrides = {"feed_s": args.duration, "t2t_s": args.t2t_duration, "kills": args.kills, "up_kills": args.up_kills}
+    overrides = {"feed_s": args.duration, "t2t_s": args.t2t_duration, "kills": args.kills, "up_kills": args.up_kills,
+                 "strategies": args.strategies}
     plan = Plan(**{**plan.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
     workdir = Path(tempfile.mkdtemp(prefix="tsbench"))
     try:

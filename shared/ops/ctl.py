@@ -1,6 +1,7 @@
 """Helpers behind deploy/up and deploy/down (``python -m shared.ops.ctl CMD``).
 
-prepare   check the config, make logs/ and the order-entry token (0600)
+prepare   check the config and every strategy's rule, make logs/ and the order-entry token (0600),
+          write deploy/strategies.conf (one supervisord program per [strategies.<name>])
 render    print deploy/supervisord.conf with only this host's programs ([host] roles)
 wait      wait until every supervisord program is RUNNING, print the status
 sweep     stop this checkout's daemons that run without a supervisord (orphans
@@ -26,11 +27,41 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from shared import book, config
 from shared.lifecycle import is_supervisord
+from shared.strategy import rule_for
 
 SERVERURL = "unix:///tmp/tradestack/supervisor.sock"
 # The order orphans are stopped in: order entry first, the book's feed next, the auditor last.
 STOP_ORDER = ("strategy", "ordermanager", "orderbook", "gateway", "bootstrap", "metrics", "auditor")
 TERM_WAIT_S = 10.0  # supervisord.conf's stopwaitsecs: a daemon drains within 5 s
+PROGRAMS_FILE = "strategies.conf"  # beside supervisord.conf, which includes it
+
+
+def strategy_programs(conf_text: str, cfg: config.Config) -> str:
+    """The supervisord sections of the ``[strategies.<name>]`` tables: each a copy
+    of ``[program:strategy]`` from ``conf_text``, named ``strategy-<name>``, whose
+    command runs that strategy."""
+    lines = conf_text.splitlines()
+    start = lines.index("[program:strategy]")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+    while lines[end - 1].startswith(";") or not lines[end - 1].strip():
+        end -= 1  # the next section's comment
+    section = "\n".join(lines[start:end])
+    out = ["; Written from the config by `python -m shared.ops.ctl prepare` (deploy/up): do not edit."]
+    for st in cfg.strategies.values():
+        s = section.replace("[program:strategy]", f"[program:{st.program}]", 1)
+        s, n = re.subn(r"^(command=.*daemons/strategy\.py)$", rf"\1 {st.name}", s, count=1, flags=re.M)
+        assert n == 1, "[program:strategy] has no command running daemons/strategy.py"
+        out += ["", s]
+    return "\n".join(out) + "\n"
+
+
+def write_programs(conf: Path, cfg: config.Config) -> Path:
+    """Write the strategies' programs beside ``conf`` (a supervisord.conf that includes them)."""
+    path = conf.parent / PROGRAMS_FILE
+    text = strategy_programs(conf.read_text(), cfg)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
 
 
 def rpc(serverurl: str = SERVERURL) -> Any:
@@ -39,7 +70,11 @@ def rpc(serverurl: str = SERVERURL) -> Any:
 
 
 def prepare(cfg: config.Config) -> None:
-    """Make what the stack needs before it starts; idempotent."""
+    """Make what the stack needs before it starts; idempotent. A strategy whose
+    rule cannot be built is a ConfigError here, before anything starts."""
+    for st in cfg.all_strategies():
+        rule_for(cfg, st)
+    write_programs(config.ROOT / "deploy" / "supervisord.conf", cfg)
     (config.ROOT / "logs").mkdir(exist_ok=True)
     tok = cfg.resolve(cfg.ordermanager.token_file)
     if not tok.exists():
@@ -51,8 +86,12 @@ def prepare(cfg: config.Config) -> None:
 
 
 def render(cfg: config.Config, text: str, here: str) -> str:
-    """The supervisord config for this host: the programs of its roles (and the auditor), with
+    """The supervisord config for this host: the programs of its roles (and the auditor), the
+    ``[strategies.<name>]`` programs written in place of the ``[include]`` of strategies.conf, and
     ``%(here)s`` made absolute so the file may live elsewhere (deploy/up writes it under /tmp)."""
+    include = f"[include]\nfiles = {PROGRAMS_FILE}\n"
+    if cfg.strategies and include in text:
+        text = text.replace(include, strategy_programs(text, cfg))
     out, keep = [], True
     for line in text.splitlines(keepends=True):
         m = re.match(r"\[(?:program|eventlistener):([^\]]+)\]", line)
@@ -80,7 +119,7 @@ def wait_running(serverurl: str = SERVERURL, timeout: float = 60.0) -> bool:
             break
         time.sleep(0.2)
     for i in infos:
-        print(f"{i['name']:<14}{i['statename']}", file=sys.stderr)
+        print(f"{i['name']:<24}{i['statename']}", file=sys.stderr)
     return False
 
 
@@ -236,7 +275,11 @@ def main(argv: list[str]) -> int:
         print(f"bad config: {e}", file=sys.stderr)
         return 2
     if cmd == "prepare":
-        prepare(cfg)
+        try:
+            prepare(cfg)
+        except config.ConfigError as e:
+            print(f"bad config: {e}", file=sys.stderr)
+            return 2
     elif cmd == "render":
         deploy = config.ROOT / "deploy"
         sys.stdout.write(render(cfg, (deploy / "supervisord.conf").read_text(), str(deploy)))

@@ -329,15 +329,23 @@ def _segment_torn(stack: Any) -> dict[str, Any]:
 
 PROGRAMS = ("auditor", "bootstrap", "gateway", "metrics", "orderbook", "ordermanager", "strategy")
 
+
+def program_menu(programs: tuple[str, ...]) -> dict[str, Fault]:
+    """kill -9, SIGTERM and freeze of each program (a stack's ``strategy-<name>`` too)."""
+    return {
+        **{f"kill9_{p}": _kill_fault(p, signal.SIGKILL) for p in programs},
+        **{f"sigterm_{p}": _kill_fault(p, signal.SIGTERM) for p in programs if p != "auditor"},
+        **{f"freeze_{p}": _freeze_fault(p) for p in programs if p not in ("auditor", "bootstrap")},
+    }
+
+
 # name -> fault(stack) -> {"fault", "restarted": {program: old pid}, …}; each
 # one the stack heals from by itself, but for those returning "up": True
 # (supervisord killed), after which the caller runs ``Stack.up()`` as a person
 # runs deploy/up. Blocking ones (freeze) return after the thaw.
 MENU: dict[str, Fault] = {
     "kill9_supervisord": _kill9_supervisord,
-    **{f"kill9_{p}": _kill_fault(p, signal.SIGKILL) for p in PROGRAMS},
-    **{f"sigterm_{p}": _kill_fault(p, signal.SIGTERM) for p in PROGRAMS if p != "auditor"},
-    **{f"freeze_{p}": _freeze_fault(p) for p in ("gateway", "orderbook", "ordermanager", "strategy")},
+    **program_menu(PROGRAMS),
     "segment_remove": _segment_remove,
     "segment_torn": _segment_torn,
 }

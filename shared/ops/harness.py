@@ -26,8 +26,9 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from shared import book, config, journal
 from shared.ops import ctl
+from shared.ops.ctl import write_programs
 
-PROGRAMS = ("auditor", "bootstrap", "gateway", "metrics", "orderbook", "ordermanager", "strategy")
+PROGRAMS = ("auditor", "bootstrap", "gateway", "metrics", "orderbook", "ordermanager", "strategy")  # every stack's
 
 
 def free_port() -> int:
@@ -51,15 +52,15 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
-def dump_toml(doc: dict[str, Any]) -> str:
-    """Write a two-level TOML document (top keys, then tables)."""
+def dump_toml(doc: dict[str, Any], prefix: str = "") -> str:
+    """Write a TOML document: top keys, then tables (nested ones as [a.b])."""
     top = [f"{k} = {_toml_value(v)}" for k, v in doc.items() if not isinstance(v, dict)]
-    tables = [
-        f"\n[{k}]\n" + "\n".join(f"{kk} = {_toml_value(vv)}" for kk, vv in v.items())
-        for k, v in doc.items()
-        if isinstance(v, dict)
-    ]
-    return "\n".join(top) + "\n" + "\n".join(tables) + "\n"
+    out = "\n".join(top) + "\n"
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            name = f"{prefix}{json.dumps(k) if not k.replace('-', '').replace('_', '').isalnum() else k}"
+            out += f"\n[{name}]\n" + dump_toml(v, name + ".")
+    return out
 
 
 class Stack:
@@ -100,6 +101,9 @@ class Stack:
                 .replace("/tmp/tradestack", str(self.run)))
         self.conf = self.dir / "supervisord.conf"
         self.conf.write_text(text)
+        write_programs(self.conf, self.cfg)
+        self.programs = PROGRAMS + tuple(st.program for st in self.cfg.strategies.values())
+        self.strategies = self.cfg.all_strategies()
         self.serverurl = f"unix://{self.run}/supervisor.sock"
         self.env = dict(os.environ, STACK_CONFIG=str(self.config_path))
         self.pid: int | None = None
@@ -173,8 +177,9 @@ class Stack:
     def pids(self) -> dict[str, int]:
         return {i["name"]: i["pid"] for i in self.rpc.getAllProcessInfo()}
 
-    def wait_running(self, names: tuple[str, ...] = PROGRAMS, timeout: float = 30.0) -> None:
-        """Wait until the named programs are RUNNING."""
+    def wait_running(self, names: tuple[str, ...] | None = None, timeout: float = 30.0) -> None:
+        """Wait until the named programs (default: all of them) are RUNNING."""
+        names = names or self.programs
         deadline = time.monotonic() + timeout
         st: dict[str, str] = {}
         while time.monotonic() < deadline:

@@ -358,7 +358,7 @@ def fleet_problems(orders: Host, traders: list[Host], qty: int) -> list[str]:
     for t in traders:
         acks = [(t.name, r["order_id"], r["order_no"]) for r in t.events("strategy", "order_acked")]
         journal = orders.journal()  # after the acks: each ack follows its journal line
-        problems += [f"{t.name}: {p}" for p in journal_problems(journal, t.name, qty)]
+        problems += [f"{t.name}: {p}" for p in journal_problems(journal, {t.name: qty})]
         problems += [f"{t.name}: {p}" for p in ack_problems(journal, acks)]
         problems += [f"{t.name}: {p}" for p in strategy_problems(t.log("strategy"))]
     return sorted(set(problems))

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from shared import book
+from shared import book, config
 
 Ack = tuple[str, str, int]  # (client_id, order_id, order_no) the ordermanager acked
 
@@ -22,9 +22,10 @@ class NotHealed(AssertionError):
     """The stack did not recover in time, or an invariant is broken."""
 
 
-def journal_problems(journal: list[dict[str, Any]], client_id: str, qty: int) -> list[str]:
-    """No order_id twice per client; order_no 1..N in order; the client's
-    position per symbol within ±qty at every prefix of the journal."""
+def journal_problems(journal: list[dict[str, Any]], bounds: Mapping[str, int | None]) -> list[str]:
+    """No order_id twice per client; order_no 1..N in order; each client's of
+    ``bounds`` ({client_id: qty}) position per symbol within ±qty at every
+    prefix of the journal (a qty of None: no bound)."""
     problems: list[str] = []
     seen = Counter((e["client_id"], e["order_id"]) for e in journal)
     twice = [k for k, n in seen.items() if n > 1]
@@ -34,16 +35,32 @@ def journal_problems(journal: list[dict[str, Any]], client_id: str, qty: int) ->
     if nos != list(range(1, len(nos) + 1)):
         bad = next(i for i, n in enumerate(nos) if n != i + 1)
         problems.append(f"order_no not contiguous from 1: line {bad + 1} has {nos[bad]}")
-    pos: dict[str, int] = defaultdict(int)
+    pos: dict[tuple[str, str], int] = defaultdict(int)
+    over: set[str] = set()
     for e in journal:
-        if e["client_id"] != client_id:
+        cid = e["client_id"]
+        qty = bounds.get(cid)
+        if qty is None or cid in over:
             continue
-        pos[e["symbol"]] += e["qty"] if e["side"] == "BUY" else -e["qty"]
-        if abs(pos[e["symbol"]]) > qty:
-            problems.append(f"{client_id} position {pos[e['symbol']]} {e['symbol']} beyond ±{qty} "
+        key = (cid, e["symbol"])
+        pos[key] += e["qty"] if e["side"] == "BUY" else -e["qty"]
+        if abs(pos[key]) > qty:
+            problems.append(f"{cid} position {pos[key]} {e['symbol']} beyond ±{qty} "
                             f"after order_no {e['order_no']} ({e['order_id']})")
-            break
+            over.add(cid)
     return problems
+
+
+def position_bounds(cfg: config.Config) -> dict[str, int | None]:
+    """{client_id: Q} of every strategy: its rule's ``qty`` (the rules shipped
+    target ±Q), or None; a rule this process cannot import: its table's ``qty``."""
+    out: dict[str, int | None] = {}
+    for st in cfg.all_strategies():
+        try:
+            out[st.client_id] = getattr(config.load_rule(st).params, "qty", None)
+        except config.ConfigError:
+            out[st.client_id] = st.params.get("qty")
+    return out
 
 
 def ack_problems(journal: list[dict[str, Any]], acks: Iterable[Ack]) -> list[str]:
@@ -99,9 +116,9 @@ def restart_problems(audit: list[dict[str, Any]], program: str, old_pid: int, ne
 
 
 def strategy_acks(stack: Any) -> list[Ack]:
-    """The acks the strategy logged (order_acked), as (client_id, order_id, order_no)."""
-    cid = stack.cfg.strategy.client_id
-    return [(cid, r["order_id"], r["order_no"]) for r in stack.events("strategy", "order_acked")]
+    """The acks every strategy logged (order_acked), as (client_id, order_id, order_no)."""
+    return [(st.client_id, r["order_id"], r["order_no"]) for st in stack.cfg.all_strategies()
+            for r in stack.events(st.program, "order_acked")]
 
 
 def book_age_ms(segment: str) -> float:
@@ -143,11 +160,11 @@ def healed(stack: Any, restarted: Mapping[str, int] | None = None, acks: Iterabl
     """Wait until the stack has recovered and every invariant holds; the seconds it took.
 
     Every program RUNNING; the book fresh and ticking; (``trading``) a new
-    strategy order journaled; the audit log showing each restart (``restarted``:
+    order of every strategy journaled; the audit log showing each restart (``restarted``:
     program -> pid before the fault) and the current pid of every program; the
     journal's invariants; every acked order (the strategy's ``order_acked``
-    log lines and ``acks``) journaled exactly once; no order from the
-    strategy while its order link was down or the book stale.
+    log lines and ``acks``) journaled exactly once; no order from a
+    strategy while its order link was down or the book stale. Each per client.
     """
     t0 = time.monotonic()
     deadline = t0 + timeout
@@ -157,11 +174,14 @@ def healed(stack: Any, restarted: Mapping[str, int] | None = None, acks: Iterabl
           deadline, lambda: f"age {book_age_ms(stack.segment)} ms")
     n0 = ticks(stack.segment)
     _wait("book ticking", lambda: ticks(stack.segment) > n0, deadline)
-    cid = cfg.strategy.client_id
     if trading:
         last = max((e["order_no"] for e in stack.journal()), default=0)
-        _wait(f"{cid} trading again", lambda: any(e["order_no"] > last and e["client_id"] == cid
-                                                   for e in stack.journal()), deadline)
+        cids = {st.client_id for st in cfg.all_strategies()}
+
+        def quiet() -> set[str]:
+            return cids - {e["client_id"] for e in stack.journal() if e["order_no"] > last}
+
+        _wait("every strategy trading again", lambda: not quiet(), deadline, lambda: f"no order from {sorted(quiet())}")
     pids = stack.pids()
     for program, old in (restarted or {}).items():
         if old == pids[program]:
@@ -173,9 +193,10 @@ def healed(stack: Any, restarted: Mapping[str, int] | None = None, acks: Iterabl
           lambda: _audit_gaps(stack, pids))
     acked = [*strategy_acks(stack), *acks]  # before the journal: each ack follows its journal line
     journal = stack.journal()
-    problems = journal_problems(journal, cid, cfg.strategy.qty)
+    problems = journal_problems(journal, position_bounds(cfg))
     problems += ack_problems(journal, acked)
-    problems += strategy_problems(stack.log("strategy"))
+    for st in cfg.all_strategies():
+        problems += [f"{st.program}: {p}" for p in strategy_problems(stack.log(st.program))]
     if problems:
         raise NotHealed("invariants broken:\n  " + "\n  ".join(problems))
     return time.monotonic() - t0

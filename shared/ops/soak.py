@@ -26,7 +26,7 @@ from typing import Any
 from shared import logs
 from shared.ops import disk, faults
 from shared.ops.harness import Stack
-from shared.ops.invariants import NotHealed, healed, journal_problems, strategy_acks
+from shared.ops.invariants import NotHealed, healed, journal_problems, position_bounds, strategy_acks
 from shared.ops.stats import percentile
 
 HB_MS = 100
@@ -37,15 +37,16 @@ JOURNAL_FS = 16 << 20  # the tmpfs under the soak's journal (root only)
 
 
 def order_counts(stack: Stack) -> dict[str, int]:
-    """Orders sent by the strategy, journaled, journaled twice, acked but not journaled."""
-    cid = stack.cfg.strategy.client_id
-    sent = {r["order_id"] for r in stack.events("strategy", "order_sent")}
-    journal = [e for e in stack.journal() if e["client_id"] == cid]
-    ids = [e["order_id"] for e in journal]
-    acked = {oid for _, oid, _ in strategy_acks(stack)}
+    """Orders sent by the strategies, journaled, journaled twice, acked but not journaled."""
+    strategies = stack.cfg.all_strategies()
+    cids = {st.client_id for st in strategies}
+    sent = {(st.client_id, r["order_id"]) for st in strategies for r in stack.events(st.program, "order_sent")}
+    ids = [(e["client_id"], e["order_id"]) for e in stack.journal() if e["client_id"] in cids]
+    acked = {(cid, oid) for cid, oid, _ in strategy_acks(stack)}
     return {"sent": len(sent), "journaled": len(ids), "duplicated": len(ids) - len(set(ids)),
             "lost": len(acked - set(ids)),
-            "duplicate_acks": sum(1 for r in stack.events("strategy", "order_acked") if r.get("duplicate"))}
+            "duplicate_acks": sum(1 for st in strategies for r in stack.events(st.program, "order_acked")
+                                  if r.get("duplicate"))}
 
 
 def run(seconds: float, seed: int, workdir: Path, gap: float = 0.5) -> dict[str, Any]:
@@ -72,7 +73,7 @@ def _run(seconds: float, seed: int, workdir: Path, gap: float, fs: Path | None) 
             proxies[name] = faults.Proxy(upstream[name], listen[name], name, stack.logs / f"proxy-{name}.log").start()
         stack.start()
         healed(stack)
-        menu = {**faults.MENU, **faults.toxic_menu(proxies)}
+        menu = {**faults.MENU, **faults.program_menu(stack.programs), **faults.toxic_menu(proxies)}
         if fs is not None:
             menu["disk_full_journal"] = disk.full_for(fs)
         names = sorted(menu)
@@ -94,7 +95,7 @@ def _run(seconds: float, seed: int, workdir: Path, gap: float, fs: Path | None) 
                 stack.up()  # a no-op while supervisord runs
                 healed(stack, timeout=120)  # carry on only from a healed stack
             time.sleep(rng.uniform(0, gap))
-        problems = journal_problems(stack.journal(), stack.cfg.strategy.client_id, stack.cfg.strategy.qty)
+        problems = journal_problems(stack.journal(), position_bounds(stack.cfg))
         failures += problems
         return {"seconds": seconds, "seed": seed, "recoveries": dict(recoveries), "failures": failures,
                 "orders": order_counts(stack)}
