@@ -78,14 +78,7 @@ class BookWriter:
 
     def _connected(self, conn: Conn) -> None:
         self.seq.reset()  # resynchronise: hello, then the snapshot
-        try:
-            sub = tls.subscribe_frame(self.cfg)
-        except OSError as e:
-            self.log.error("token_unreadable", path=self.cfg.gateway.token_file, error=str(e))
-            self.client.refuse("no_token")
-            return
-        if sub is not None:
-            conn.write(sub)
+        tls.subscribe(self.cfg, self.log, self.client, conn)
 
     def _on_message(self, conn: Conn, msg: Message | BadMessage) -> None:
         t = type(msg)

@@ -155,14 +155,7 @@ class Trader:
 
     def _news_connected(self, conn: Conn) -> None:
         self.seq.reset()
-        try:
-            sub = tls.subscribe_frame(self.cfg)
-        except OSError as e:
-            self.log.error("token_unreadable", path=self.cfg.gateway.token_file, error=str(e))
-            self.news.refuse("no_token")
-            return
-        if sub is not None:
-            conn.write(sub)
+        tls.subscribe(self.cfg, self.log, self.news, conn)
 
     def _on_news(self, conn: Conn, msg: Message | BadMessage) -> None:
         t = type(msg)

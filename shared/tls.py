@@ -165,3 +165,16 @@ def subscribe_frame(cfg: config_mod.Config) -> bytes | None:
         return None
     token = cfg.resolve(cfg.gateway.token_file).read_text().strip()
     return frame(Subscribe(proto=PROTO, token=token))
+
+
+def subscribe(cfg: config_mod.Config, log: Any, client: Client, conn: Conn) -> None:
+    """On a market-data connection: send the subscription frame when the config wants one; a token
+    file that cannot be read is logged and the link refused (retried with backoff), never a crash."""
+    try:
+        sub = subscribe_frame(cfg)
+    except OSError as e:
+        log.error("token_unreadable", path=cfg.gateway.token_file, error=str(e))
+        client.refuse("no_token")
+        return
+    if sub is not None:
+        conn.write(sub)
