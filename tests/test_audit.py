@@ -22,6 +22,7 @@ from shared.ops import audit
 from shared.ops.harness import Stack
 from shared.ops.peer import OrderClient
 from shared.protocol import Ack
+from shared.tail import Tail
 
 
 def ps(t: float, process: str, from_state: str, to_state: str, expected: bool | None = None) -> dict[str, Any]:
@@ -208,7 +209,7 @@ def test_tail_follows_appends_rotation_and_truncation(tmp_path: Path) -> None:
     then the new one; after truncation, from the start."""
     p = tmp_path / "x.log"
     p.write_bytes(b"old\n")
-    t = audit.Tail(p, at_end=True)
+    t = Tail(p, "end")
     try:
         assert t.read() == []
         with open(p, "ab") as f:

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import re
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
@@ -33,6 +32,7 @@ from shared.config import ROOT
 from shared.journal import read as read_journal
 from shared.ops import pnlaudit
 from shared.ops.stats import percentile
+from shared.tail import Tail
 
 Record = dict[str, Any]
 
@@ -322,60 +322,6 @@ def human(source: str, rec: Record | None, raw: str = "") -> str | None:
     return None
 
 
-class Tail:
-    """One file followed by name across rotations and truncation: ``read()`` gives new whole lines."""
-
-    def __init__(self, path: Path, at_end: bool) -> None:
-        self.path = path
-        self.f: IO[bytes] | None = None
-        self.ino = -1
-        self.buf = b""
-        self._open(at_end)
-
-    def _open(self, at_end: bool) -> None:
-        try:
-            self.f = open(self.path, "rb")
-        except FileNotFoundError:
-            self.f = None
-            return
-        self.ino = os.fstat(self.f.fileno()).st_ino
-        if at_end:
-            self.f.seek(0, os.SEEK_END)
-
-    def _drain(self) -> list[bytes]:
-        assert self.f is not None
-        data = self.buf + self.f.read()
-        *lines, self.buf = data.split(b"\n")
-        return lines
-
-    def read(self) -> list[bytes]:
-        """New complete lines: the rest of a rotated file first, then the new one from its start."""
-        if self.f is None:
-            self._open(at_end=False)
-            if self.f is None:
-                return []
-        lines = self._drain()
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return lines  # renamed away; its successor is not there yet
-        if st.st_ino != self.ino:
-            self.f.close()
-            self.buf = b""
-            self._open(at_end=False)
-            if self.f is not None:
-                lines += self._drain()
-        elif st.st_size < self.f.tell():  # truncated in place
-            self.f.seek(0)
-            self.buf = b""
-            lines += self._drain()
-        return lines
-
-    def close(self) -> None:
-        if self.f is not None:
-            self.f.close()
-
-
 def followed(logs_dir: Path) -> dict[str, Path]:
     """Source name -> file, for every log worth following: programs' JSON logs and stderr, and the audit log."""
     out = {name: path for name, path in program_logs(logs_dir).items()}
@@ -388,12 +334,12 @@ def follow(logs_dir: Path, write: Callable[[str], None], stop: Callable[[], bool
            interval: float = 0.2) -> None:
     """Tail every log of the directory in the human view until ``stop()``; files that appear later
     are read from their start."""
-    tails = {name: Tail(path, at_end=True) for name, path in followed(logs_dir).items()}
+    tails = {name: Tail(path, "end") for name, path in followed(logs_dir).items()}
     try:
         while not stop():
             for name, path in followed(logs_dir).items():
                 if name not in tails:
-                    tails[name] = Tail(path, at_end=False)
+                    tails[name] = Tail(path, "start")
             for name, tail in tails.items():
                 for line in tail.read():
                     out = human(name, parse_line(line), line.decode("utf-8", "replace"))
