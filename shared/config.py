@@ -8,7 +8,6 @@ error names the key it is about.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import ipaddress
 import json
 import os
@@ -77,7 +76,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")  # becomes part of a su
 class Strategy:
     """One strategy program: ``[strategy]`` (program ``strategy``) or
     ``[strategies.<name>]`` (program ``strategy-<name>``). Its keys beyond these
-    are its rule's own, checked by ``load_rule``."""
+    are its rule's own, checked by ``shared.strategy.load_rule``."""
 
     client_id: str = "strategy-1"
     rule: str = DEFAULT_RULE  # "module:Class"
@@ -278,7 +277,8 @@ def _keys(name: str, cls: type, raw: Any, signed: bool = False) -> dict[str, Any
     return {k: _check(name, k, v, hints[k], signed) for k, v in raw.items()}
 
 
-def _section(name: str, cls: type, raw: Any, signed: bool = False) -> Any:
+def section(name: str, cls: type, raw: Any, signed: bool = False) -> Any:
+    """A table as ``cls``, each key checked against its fields and types."""
     return cls(**_keys(name, cls, raw, signed))
 
 
@@ -288,7 +288,7 @@ def _risk(raw: Any) -> Risk:
         raise ConfigError("risk: expected a table")
     raw = dict(raw)
     clients = raw.pop("clients", {})
-    default = _section("risk", RiskLimits, raw)
+    default = section("risk", RiskLimits, raw)
     if not isinstance(clients, dict):
         raise ConfigError("risk.clients: expected a table of client_id tables")
     out = []
@@ -335,33 +335,6 @@ def _strategy(table: str, name: str, raw: Any, symbols: tuple[str, ...]) -> Stra
     if not (mod and cls and all(p.isidentifier() for p in [*mod.split("."), *cls.split(".")])):
         raise ConfigError(f"{table}.rule: expected 'module:Class', got {st.rule!r}")
     return st
-
-
-def load_rule(st: Strategy) -> Any:
-    """Import a strategy's rule and build it from its params; ConfigError naming
-    the table and key when the rule cannot be imported or a param is wrong."""
-    mod_name, _, cls_name = st.rule.partition(":")
-    try:
-        obj: Any = importlib.import_module(mod_name)
-        for part in cls_name.split("."):
-            obj = getattr(obj, part)
-    except Exception as e:  # ImportError, AttributeError, or the module failing as it loads
-        raise ConfigError(f"{st.table}.rule: cannot import {st.rule!r}: {type(e).__name__}: {e}") from None
-    params_cls = getattr(obj, "Params", None)
-    if not isinstance(obj, type) or not callable(getattr(obj, "decide", None)) or params_cls is None \
-            or not isinstance(params_cls, type) or not dataclasses.is_dataclass(params_cls):
-        raise ConfigError(f"{st.table}.rule: {st.rule!r} is not a rule (a class with Params and decide)")
-    try:
-        params = _section(st.table, params_cls, st.params, signed=True)
-    except ConfigError as e:
-        raise ConfigError(f"{e} (rule {st.rule})") from None
-    except (TypeError, ValueError) as e:  # the rule's own checks: "key: why"
-        raise ConfigError(f"{st.table}.{e}") from None
-    rule = obj(params)
-    rule.name = st.rule
-    if not isinstance(getattr(rule, "history", None), int) or rule.history < 1:
-        raise ConfigError(f"{st.table}.rule: {st.rule!r} has no history >= 1 (ticks it wants)")
-    return rule
 
 
 def _validate(cfg: Config) -> None:
@@ -455,7 +428,7 @@ def parse(raw: dict[str, Any], path: str = "") -> Config:
             kwargs["strategies"] = {n: _strategy(f"strategies.{n}", n, v, tuple(symbols)) for n, v in value.items()}
         elif key in sections:
             cls = get_type_hints(Config)[key]
-            kwargs[key] = _section(key, cls, value)
+            kwargs[key] = section(key, cls, value)
         else:
             raise ConfigError(f"{key}: unknown key")
     cfg = Config(**kwargs, path=path)

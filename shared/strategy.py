@@ -10,7 +10,9 @@ resent with the same ids, and no new order is made until they are answered.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import importlib
 import secrets
 import time
 import traceback
@@ -60,10 +62,37 @@ def order_number(order_id: str | None, client_id: str) -> int:
     return 0
 
 
+def load_rule(st: config_mod.Strategy) -> Any:
+    """Import a strategy's rule and build it from its params; config_mod.ConfigError naming
+    the table and key when the rule cannot be imported or a param is wrong."""
+    mod_name, _, cls_name = st.rule.partition(":")
+    try:
+        obj: Any = importlib.import_module(mod_name)
+        for part in cls_name.split("."):
+            obj = getattr(obj, part)
+    except Exception as e:  # ImportError, AttributeError, or the module failing as it loads
+        raise config_mod.ConfigError(f"{st.table}.rule: cannot import {st.rule!r}: {type(e).__name__}: {e}") from None
+    params_cls = getattr(obj, "Params", None)
+    if not isinstance(obj, type) or not callable(getattr(obj, "decide", None)) or params_cls is None \
+            or not isinstance(params_cls, type) or not dataclasses.is_dataclass(params_cls):
+        raise config_mod.ConfigError(f"{st.table}.rule: {st.rule!r} is not a rule (a class with Params and decide)")
+    try:
+        params = config_mod.section(st.table, params_cls, st.params, signed=True)
+    except config_mod.ConfigError as e:
+        raise config_mod.ConfigError(f"{e} (rule {st.rule})") from None
+    except (TypeError, ValueError) as e:  # the rule's own checks: "key: why"
+        raise config_mod.ConfigError(f"{st.table}.{e}") from None
+    rule = obj(params)
+    rule.name = st.rule
+    if not isinstance(getattr(rule, "history", None), int) or rule.history < 1:
+        raise config_mod.ConfigError(f"{st.table}.rule: {st.rule!r} has no history >= 1 (ticks it wants)")
+    return rule
+
+
 def rule_for(cfg: config_mod.Config, spec: config_mod.Strategy) -> Any:
     """The strategy's rule, built from its table; ConfigError if it cannot be,
     or if it wants more ticks than the ring keeps."""
-    rule = config_mod.load_rule(spec)
+    rule = load_rule(spec)
     if rule.history > cfg.book.ring_len:
         raise config_mod.ConfigError(f"{spec.table}.rule: {spec.rule} wants {rule.history} ticks; "
                                      f"book.ring_len keeps {cfg.book.ring_len}")

@@ -12,6 +12,7 @@ import pytest
 from shared import config
 from shared.config import ConfigError
 from shared.rule import MeanReversion, MeanReversionParams, RuleParams
+from shared.strategy import load_rule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +35,7 @@ def test_shipped_config_loads() -> None:
     st = cfg.strategy
     assert (st.client_id, st.rule, st.symbols, st.program) == (
         "strategy-1", "shared.rule:MovingAverageSentiment", (), "strategy")
-    assert config.load_rule(st).params == RuleParams(short_window=5, long_window=20, bullish=60, bearish=40, qty=10)
+    assert load_rule(st).params == RuleParams(short_window=5, long_window=20, bullish=60, bearish=40, qty=10)
     assert cfg.strategies == {}  # the shipped config runs the one program "strategy"
     assert cfg.path == str(ROOT / "deploy" / "stack.toml")
 
@@ -194,8 +195,8 @@ entry_z = 1.5
     m, r = cfg.strategies["momentum"], cfg.strategies["revert"]
     assert (m.client_id, m.rule, m.symbols, m.program, m.table) == (
         "momentum", config.DEFAULT_RULE, ("AAPL", "MSFT"), "strategy-momentum", "strategies.momentum")
-    assert config.load_rule(m).params == RuleParams(short_window=3)
-    rule = config.load_rule(r)
+    assert load_rule(m).params == RuleParams(short_window=3)
+    rule = load_rule(r)
     assert isinstance(rule, MeanReversion) and rule.name == "shared.rule:MeanReversion"
     assert rule.params == MeanReversionParams(window=30, entry_z=1.5) and rule.history == 30
     assert [s.program for s in cfg.all_strategies()] == ["strategy", "strategy-momentum", "strategy-revert"]
@@ -230,7 +231,7 @@ def test_bad_rule_names_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = config.load(write(tmp_path, f"[strategy]\n{table}\n"))
     with pytest.raises(ConfigError) as e:
-        config.load_rule(cfg.strategy)
+        load_rule(cfg.strategy)
     msg = str(e.value)
     assert names in msg
     assert "\n" not in msg

@@ -24,6 +24,7 @@ from shared.rule import (
     to_target,
     zscore,
 )
+from shared.strategy import load_rule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,8 +183,8 @@ def test_the_readme_example_rule_and_its_table(tmp_path: Path, monkeypatch: pyte
     from shared import config
 
     cfg = config.parse({"strategies": {"breakout": {"rule": "myrules:Breakout", "window": 30}}})
-    rule = config.load_rule(cfg.strategies["breakout"])
+    rule = load_rule(cfg.strategies["breakout"])
     assert rule.history == 31 and rule.decide(ticks([1.0] * 30 + [2.0]), news(), -3) == Decision("BUY", 13)
     with pytest.raises(config.ConfigError, match="strategies.breakout.window: must be >= 1"):
-        config.load_rule(config.parse({"strategies": {"breakout": {"rule": "myrules:Breakout", "window": 0}}})
+        load_rule(config.parse({"strategies": {"breakout": {"rule": "myrules:Breakout", "window": 0}}})
                          .strategies["breakout"])

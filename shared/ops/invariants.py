@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from shared import book, config
+from shared.strategy import load_rule
 
 Ack = tuple[str, str, int]  # (client_id, order_id, order_no) the ordermanager acked
 
@@ -57,7 +58,7 @@ def position_bounds(cfg: config.Config) -> dict[str, int | None]:
     out: dict[str, int | None] = {}
     for st in cfg.all_strategies():
         try:
-            out[st.client_id] = getattr(config.load_rule(st).params, "qty", None)
+            out[st.client_id] = getattr(load_rule(st).params, "qty", None)
         except config.ConfigError:
             out[st.client_id] = st.params.get("qty")
     return out
