@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.ops import faults
 from shared.ops.harness import PROGRAMS, Stack
-from shared.ops.invariants import healed
+from shared.ops.invariants import healed, position_bounds
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -56,7 +56,7 @@ def test_metrics_of_a_running_stack(make_stack: Any) -> None:
     assert get(m, "tradestack_client_realized_pnl", client_id=cid) is not None
     journal = s.journal()  # positions agree with the journal (read after the scrape: it only grows)
     pos = {sym: get(m, "tradestack_client_position", client_id=cid, symbol=sym) for sym in s.cfg.symbols}
-    assert all(abs(v or 0) <= 2 * s.cfg.strategy.qty for v in pos.values()), pos
+    assert all(abs(v or 0) <= 2 * (position_bounds(s.cfg)[cid] or 0) for v in pos.values()), pos
     assert len(journal) >= (get(m, "tradestack_orders_total", client_id=cid) or 0)
 
 
