@@ -100,7 +100,7 @@ def test_four_hosts_trade_each_running_only_its_roles(fleet: Cluster) -> None:
     # each host's metrics program sees that host's supervisord and programs (stack-top's view too)
     for h in c.hosts.values():
         r = h.run(sys.executable, "-c", "import urllib.request; print(urllib.request.urlopen("
-                  "'http://127.0.0.1:9108/metrics', timeout=20).read().decode())", timeout=60)
+                  "'http://127.0.0.1:9108/metrics', timeout=20).read().decode())", timeout=60, mounts=False)
         up = {line.split('"')[1] for line in r.stdout.splitlines()
               if line.startswith("tradestack_program_up{") and line.rstrip().endswith(" 1.0")}
         assert up == set(h.status()), (h.name, up)

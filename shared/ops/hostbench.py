@@ -96,14 +96,15 @@ def floor(c: Cluster, source: Host, relay: Host, sink: Host, rate: float, count:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     procs = []
     try:
-        sk = sink.popen(py, *mod, "sink", sink.addr("oe"), str(PORT), stdout=-1, text=True, env=env)
+        sk = sink.popen(py, *mod, "sink", sink.addr("oe"), str(PORT), stdout=-1, text=True, env=env, mounts=False)
         procs.append(sk)
         assert sk.stdout is not None and sk.stdout.readline().strip() == "listening"
         rl = relay.popen(py, *mod, "relay", relay.addr("md"), str(PORT), sink.addr("oe"), str(PORT), stdout=-1,
-                         text=True, env=env)
+                         text=True, env=env, mounts=False)
         procs.append(rl)
         assert rl.stdout is not None and rl.stdout.readline().strip() == "listening"
-        src = source.popen(py, *mod, "source", relay.addr("md"), str(PORT), str(rate), str(count), env=env)
+        src = source.popen(py, *mod, "source", relay.addr("md"), str(PORT), str(rate), str(count), env=env,
+                           mounts=False)
         procs.append(src)
         src.wait(timeout=count / rate + 60)
         rl.wait(timeout=30)

@@ -162,15 +162,20 @@ class Host:
 
     # --- inside it --------------------------------------------------------------------
 
-    def run(self, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run a command inside the host (its network, mounts and hostname)."""
+    def _enter(self, mounts: bool) -> list[str]:
         assert self.holder is not None, f"{self.name} is down"
-        return sh("nsenter", "-t", str(self.holder.pid), "-n", "-m", "-u", "--", *cmd, check=check, timeout=timeout)
+        return ["nsenter", "-t", str(self.holder.pid), "-n", *(["-m"] if mounts else []), "-u", "--"]
 
-    def popen(self, *cmd: str, **kw: Any) -> subprocess.Popen[Any]:
-        """Start a process inside the host."""
-        assert self.holder is not None, f"{self.name} is down"
-        return subprocess.Popen(["nsenter", "-t", str(self.holder.pid), "-n", "-m", "-u", "--", *cmd], **kw)
+    def run(self, *cmd: str, check: bool = True, timeout: float = 60, mounts: bool = True
+            ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the host: its network and hostname, and its mounts unless ``mounts`` is
+        False (then it sees this machine's files, the checkout among them, wherever it lies: under the
+        host's private /tmp, a checkout in /tmp would be out of sight)."""
+        return sh(*self._enter(mounts), *cmd, check=check, timeout=timeout)
+
+    def popen(self, *cmd: str, mounts: bool = True, **kw: Any) -> subprocess.Popen[Any]:
+        """Start a process inside the host (``mounts`` as for ``run``)."""
+        return subprocess.Popen([*self._enter(mounts), *cmd], **kw)
 
     @property
     def root(self) -> Path:
