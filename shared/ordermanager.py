@@ -170,6 +170,7 @@ class OrderManager:
             old.close("taken_over" if verdict == "take_over" else "replaced_by_new_logon")
         st.client_id = msg.client_id
         self.clients[msg.client_id] = conn
+        self._commit()  # this turn's staged orders first: the ack counts only what the journal holds
         positions = {s: q for s, q in self.journal.positions.get(msg.client_id, {}).items() if q}
         last = self.journal.last_id.get(msg.client_id)
         conn.write(frame(LogonAck(session=self.session, heartbeat_ms=self.cfg.ordermanager.heartbeat_ms,
