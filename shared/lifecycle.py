@@ -50,12 +50,14 @@ class StopRequested(Exception):
 
 
 def is_supervisord(pid: int) -> bool:
-    """True if process ``pid`` runs supervisord (by its command line)."""
+    """True if process ``pid`` runs supervisord: its program, or ``-m supervisor.supervisord``, is one
+    word of its command line (a mere mention, as in ``pytest -k supervisord``, is not)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"supervisord" in f.read()
+            args = f.read().split(b"\0")
     except OSError:
         return False
+    return any(os.path.basename(a) == b"supervisord" or a == b"supervisor.supervisord" for a in args[:3])
 
 
 class Parent:
