@@ -193,16 +193,7 @@ class TestProcesses:
         c = OrderClient(host, port)
         c.logon(cid, stack.token)
 
-        def send() -> None:  # paced, so the kill lands mid-burst
-            for i in range(0, n, 50):
-                try:
-                    c.send_raw(b"".join(frame(o) for o in orders[i : i + 50]))
-                except OSError:
-                    return
-                time.sleep(0.005)
-
-        sender = threading.Thread(target=send)
-        sender.start()
+        sender = c.send_paced(orders)  # paced, so the kill lands mid-burst
         old = 0
         t = 0.0
         try:

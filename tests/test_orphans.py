@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -90,16 +89,7 @@ def test_kill9_supervisord_while_orders_flow_then_up(make_stack: Any) -> None:
     c = OrderClient(host, port)
     c.logon(client, stack.token)
 
-    def send() -> None:
-        for i in range(0, n, 50):
-            try:
-                c.send_raw(b"".join(frame(o) for o in orders[i : i + 50]))
-            except OSError:
-                return
-            time.sleep(0.005)
-
-    sender = threading.Thread(target=send)
-    sender.start()
+    sender = c.send_paced(orders)
     acked: dict[str, int] = {}
     killed = 0
     try:

@@ -4,7 +4,6 @@ unchanged, and a writer process racing reader processes at 100k ticks/s."""
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
+from test_book import child, finish  # a writer and readers in processes of their own, as there
 
 from shared import book, ring
 from shared.book import BookError, Segment, Writer
@@ -243,23 +243,6 @@ while time.monotonic() < end:
         inexact += 1
 print(json.dumps({"windows": windows, "torn": torn, "inexact": inexact, "unavailable": unavailable}))
 """
-
-
-def child(script: str, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(p: subprocess.Popen[str], timeout: float = 120) -> str:
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.communicate()
-        raise
-    assert p.returncode == 0, err
-    return out
 
 
 def test_writer_and_readers_at_100k_ticks_per_s_exact_windows_no_torn_tick(name: str, tmp_path: Path) -> None:

@@ -33,6 +33,17 @@ def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _hold(seconds: float) -> None:
+    """Keep a fault in place for ``seconds`` (0: until interrupted)."""
+    try:
+        if seconds:
+            time.sleep(seconds)
+        else:
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="deploy/fault", description=faults.__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,25 +122,13 @@ def main(argv: list[str] | None = None) -> int:
             tear_last_line(a.path)
         elif a.cmd == "hold-port":
             with hold_port(a.port, a.host):
-                try:
-                    if a.seconds:
-                        time.sleep(a.seconds)
-                    else:
-                        signal.pause()
-                except KeyboardInterrupt:
-                    pass
+                _hold(a.seconds)
         elif a.cmd == "disk-full":
             cfg = config.load()
             where = a.dir or str(cfg.resolve(cfg.ordermanager.journal).parent)
             signal.signal(signal.SIGTERM, _interrupt)  # the space comes back whatever stops us
             with disk.full(where, max_bytes=a.max_bytes):
-                try:
-                    if a.seconds:
-                        time.sleep(a.seconds)
-                    else:
-                        signal.pause()
-                except KeyboardInterrupt:
-                    pass
+                _hold(a.seconds)
         elif a.cmd == "menu":
             for name in [*MENU, *toxic_menu(dict.fromkeys(("price", "news", "orders"))),  # type: ignore[arg-type]
                          "disk_full_journal"]:  # the soak's, as root: its journal on a tmpfs of its own

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 import time
+from collections.abc import Sequence
 from typing import Any, Self
 
 from shared.protocol import PROTO, FrameDecoder, Logon, LogonAck, Message, Order, Reject, frame
@@ -88,3 +90,18 @@ class OrderClient(Peer):
         now = time.time_ns()
         self.send(Order(order_id=order_id, symbol=symbol, side=side, qty=qty, price=price,  # type: ignore[arg-type]
                         ts_ns=now, tick_ts_ns=tick_ts_ns or now))
+
+    def send_paced(self, orders: Sequence[Order], chunk: int = 50, pause_s: float = 0.005) -> threading.Thread:
+        """Send ``orders`` ``chunk`` at a time, ``pause_s`` apart, on a thread (a burst a kill can land in);
+        it stops quietly when the link dies. Join the thread returned."""
+        def send() -> None:
+            for i in range(0, len(orders), chunk):
+                try:
+                    self.send_raw(b"".join(frame(o) for o in orders[i : i + chunk]))
+                except OSError:
+                    return
+                time.sleep(pause_s)
+
+        t = threading.Thread(target=send)
+        t.start()
+        return t
