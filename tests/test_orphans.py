@@ -231,14 +231,17 @@ def _records(path: Path) -> list[dict[str, Any]]:
 
 def test_a_daemon_started_by_a_supervisord_already_gone_stops_at_once(tmp_path: Path) -> None:
     stack = Stack(tmp_path / "s")  # for its config only: nothing is started
+    p = _run_daemon(tmp_path, stack, {"SUPERVISOR_ENABLED": "1"}, "python")  # its parent is no supervisord
     try:
-        p = _run_daemon(tmp_path, stack, {"SUPERVISOR_ENABLED": "1"}, "python")  # its parent is no supervisord
         assert p.wait(timeout=30) == 0
         recs = _records(tmp_path / "bootstrap.log")
         assert [r["event"] for r in recs][-2:] == ["stopping", "stopped"], recs
         assert recs[0]["event"] == "started" and recs[0]["pdeathsig"] is True
         assert recs[-2]["reason"] == "supervisor_gone"
     finally:
+        if p.poll() is None:  # it did not stop by itself: it must not outlive the test (nor re-make the segment)
+            p.kill()
+            p.wait()
         stack.stop()  # never started: removes its segment and run directory
 
 
