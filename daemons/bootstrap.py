@@ -6,8 +6,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.bootstrap import Keeper  # noqa: E402
-from shared.lifecycle import run  # noqa: E402
+from shared import config  # noqa: E402
 
 if __name__ == "__main__":
-    run("bootstrap", Keeper)
+    cfg = config.load_or_exit("bootstrap")  # before the heavy imports: a bad config exits within startsecs
+    from shared.bootstrap import Keeper
+    from shared.lifecycle import run
+
+    run("bootstrap", Keeper, cfg=cfg)

@@ -6,8 +6,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.lifecycle import run  # noqa: E402
-from shared.metrics import Exporter  # noqa: E402
+from shared import config  # noqa: E402
 
 if __name__ == "__main__":
-    run("metrics", Exporter)
+    cfg = config.load_or_exit("metrics")  # before the heavy imports: a bad config exits within startsecs
+    from shared.lifecycle import run
+    from shared.metrics import Exporter
+
+    run("metrics", Exporter, cfg=cfg)

@@ -10,9 +10,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.lifecycle import run  # noqa: E402
-from shared.strategy import Trader  # noqa: E402
+from shared import config  # noqa: E402
 
 if __name__ == "__main__":
     name = sys.argv[1] if len(sys.argv) > 1 else ""
-    run(f"strategy-{name}" if name else "strategy", lambda cfg, log: Trader(cfg, log, name))
+    program = f"strategy-{name}" if name else "strategy"
+    cfg = config.load_or_exit(program)  # before the heavy imports: a bad config exits within startsecs
+    from shared.lifecycle import run
+    from shared.strategy import Trader
+
+    run(program, lambda cfg, log: Trader(cfg, log, name), cfg=cfg)

@@ -1,11 +1,13 @@
-"""What the stack did, from its logs and its journal, read incrementally.
+"""What the stack did, from its logs, its journal and its exec journal, read incrementally.
 
 Order flow (orders/s, rejects by reason, tick-to-trade over the last
-minute), per client positions and P&L (``shared.pnl``), pending and halted
-clients, restarts from the audit log, and the notable records (reconnects,
-gaps, faults, warnings, errors, orders received) for a human view. Counters
-count what happened while watching; the backlog read at start (``backlog``
-bytes of each log) feeds the recent events and pending orders only.
+minute), fills (fills/s, order-to-fill latency, fill ratio), per client
+positions and P&L from fills (``shared.pnl``), open orders, pending and
+halted clients, restarts from the audit log, and the notable records
+(reconnects, gaps, faults, warnings, errors, orders received) for a human
+view. Counters count what happened while watching; the backlog read at start
+(``backlog`` bytes of each log) feeds the recent events and pending orders
+only.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Any
 import orjson
 
 from shared import config, halt, pnl
+from shared.execjournal import SUFFIX as EXECS_SUFFIX
 from shared.journal import closed_segments
+from shared.protocol import TERMINAL
 from shared.tail import Tail
 
 WINDOW_S = 60.0  # tick-to-trade and rejects "over the last minute"
@@ -52,23 +56,56 @@ def epoch(ts: Any) -> float:
 
 @dataclass
 class Client:
-    """One client_id: its positions and P&L from the journal, pending orders from its strategy's log."""
+    """One client_id: its orders from the journal, its positions, P&L and open orders from the
+    exec journal (contract §9: from fills), pending orders from its strategy's log."""
 
     client_id: str
     positions: dict[str, pnl.Position] = field(default_factory=dict)
-    orders: int = 0
+    orders: int = 0  # accepted (journaled)
     last: dict[str, Any] | None = None  # its last journal entry
     pending: set[str] = field(default_factory=set)  # order_ids sent and neither acked nor refused
     program: str = ""
+    fills: int = 0  # execs with a fill
+    filled_qty: int = 0
+    open: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # order_id -> (symbol, side, leaves)
+    qty: dict[str, int] = field(default_factory=dict)  # order_id -> its quantity, while open
+    ended_qty: int = 0  # quantity of its ended orders
+    ended_filled: int = 0  # of which filled
+    last_fill: dict[str, Any] | None = None  # its last exec with a fill
 
-    def fill(self, e: dict[str, Any]) -> None:
-        pos = self.positions.get(e["symbol"])
-        if pos is None:
-            pos = self.positions[e["symbol"]] = pnl.Position()
-        pos.fill(e["qty"] if e["side"] == "BUY" else -e["qty"], float(e["price"]))
+    def accepted(self, e: dict[str, Any]) -> None:
+        """An order of the journal."""
         self.orders += 1
         self.last = e
         self.pending.discard(e["order_id"])
+
+    def execution(self, x: dict[str, Any]) -> None:
+        """An exec of the exec journal: a fill moves the position; the order stays open until it ends."""
+        oid, qty = x["order_id"], x["last_qty"]
+        if qty:
+            pos = self.positions.get(x["symbol"])
+            if pos is None:
+                pos = self.positions[x["symbol"]] = pnl.Position()
+            pos.fill(qty if x["side"] == "BUY" else -qty, float(x["last_px"]))
+            self.fills += 1
+            self.filled_qty += qty
+            self.last_fill = x
+        size = self.qty.setdefault(oid, x["cum_qty"] + x["leaves_qty"])  # its first exec ("new") has it all
+        if x["status"] in TERMINAL:
+            self.open.pop(oid, None)
+            self.qty.pop(oid, None)
+            self.ended_qty += size
+            self.ended_filled += x["cum_qty"]
+        else:
+            self.open[oid] = (x["symbol"], x["side"], x["leaves_qty"])
+
+    def fill_ratio(self) -> float | None:
+        """Shares filled over shares ordered, of its ended orders (None before one ends)."""
+        return self.ended_filled / self.ended_qty if self.ended_qty else None
+
+    def open_qty(self, symbol: str, side: str) -> int:
+        """Leaves quantity of its open orders in ``symbol`` on ``side``."""
+        return sum(q for s, d, q in self.open.values() if s == symbol and d == side)
 
     def pnl(self, marks: dict[str, float]) -> tuple[float, float | None]:
         """(realized, unrealized); unrealized is None when a held symbol has no mark."""
@@ -103,8 +140,14 @@ class Activity:
         self.exits: dict[str, tuple[float, str, Any]] = {}  # process -> (when, state, expected) of its last exit
         self.halted: frozenset[str] = frozenset()
         self.marks: dict[str, float] = {}
+        self.accepted_ns: dict[tuple[str, str], int] = {}  # (client_id, order_id) -> journal recv_ns, till it ends
+        self.fill_lat: deque[tuple[float, float]] = deque()  # (recv epoch s, order-to-fill µs), last WINDOW_S
+        self.new_fill_lat: list[float] = []  # µs, since the last poll
+        self.exec_id = 0  # the highest exec_id taken in
         self.first = True
         self._journal_tail = self._load_journal()
+        self._execs_tail = Tail(str(self.journal) + EXECS_SUFFIX, "start")
+        self._execs(self._execs_tail, history=True)
         self.follow({}, cfg.resolve(cfg.auditor.log).parent)
 
     # --- sources ----------------------------------------------------------------
@@ -138,13 +181,34 @@ class Activity:
             if e is None or not _entry_ok(e):
                 continue
             c = self._client(e["client_id"])
-            c.fill(e)
+            c.accepted(e)
+            self.accepted_ns[e["client_id"], e["order_id"]] = e["recv_ns"]
             recv = e["recv_ns"] / 1e9
             if now - recv < WINDOW_S:
                 us = (e["recv_ns"] - e["tick_ts_ns"]) / 1000
                 self.t2t.append((recv, us))
                 if not history:
                     self.new_t2t.append(us)
+
+    def _execs(self, tail: Tail, history: bool = False) -> None:
+        now = time.time()
+        for line in tail.read():
+            x = parse(line)
+            if x is None or not _exec_ok(x) or x["exec_id"] <= self.exec_id:
+                continue
+            self.exec_id = x["exec_id"]
+            cid, oid = x["client_id"], x["order_id"]
+            self._client(cid).execution(x)
+            sent = self.accepted_ns.get((cid, oid))
+            if x["last_qty"] and sent is not None:
+                recv = x["recv_ns"] / 1e9
+                us = (x["recv_ns"] - sent) / 1000
+                if now - recv < WINDOW_S:
+                    self.fill_lat.append((recv, us))
+                if not history:
+                    self.new_fill_lat.append(us)
+            if x["status"] in TERMINAL:
+                self.accepted_ns.pop((cid, oid), None)
 
     def _client(self, cid: str) -> Client:
         c = self.clients.get(cid)
@@ -212,7 +276,7 @@ class Activity:
         """Take in every new line of every log and of the journal."""
         if marks:
             self.marks = marks
-        self.new_t2t = []
+        self.new_t2t, self.new_fill_lat = [], []
         history = self.first
         for name, tail in self.tails.items():
             for line in tail.read():
@@ -220,10 +284,13 @@ class Activity:
                 if r is not None:
                     self._record(name, r, history)
         self._entries(self._journal_tail)
+        self._execs(self._execs_tail)  # after the journal: an order is journaled before it can fill
         self.first = False
         cut = time.time() - WINDOW_S
         while self.t2t and self.t2t[0][0] < cut:
             self.t2t.popleft()
+        while self.fill_lat and self.fill_lat[0][0] < cut:
+            self.fill_lat.popleft()
         while self.recent_rejects and self.recent_rejects[0][0] < cut:
             self.recent_rejects.popleft()
         try:
@@ -237,6 +304,16 @@ class Activity:
         """Orders journaled per second over the last RATE_S seconds."""
         cut = time.time() - RATE_S
         return sum(1 for t, _ in self.t2t if t >= cut) / RATE_S
+
+    def fills_per_s(self) -> float:
+        """Fills per second over the last RATE_S seconds (of orders accepted while watching or in the backlog)."""
+        cut = time.time() - RATE_S
+        return sum(1 for t, _ in self.fill_lat if t >= cut) / RATE_S
+
+    def fill_latency(self) -> tuple[float | None, float | None]:
+        """Order-to-fill p50 and p99 (µs: the exec's recv_ns − the order's) over the last minute."""
+        values = sorted(us for _, us in self.fill_lat)
+        return (_pct(values, 50), _pct(values, 99)) if values else (None, None)
 
     def latency(self) -> tuple[float | None, float | None, list[float]]:
         """Tick-to-trade p50 and p99 (µs) over the last minute, and one p50 per second for a sparkline."""
@@ -256,6 +333,7 @@ class Activity:
         for t in self.tails.values():
             t.close()
         self._journal_tail.close()
+        self._execs_tail.close()
 
 
 def _pct(ordered: list[float], q: float) -> float:
@@ -267,3 +345,12 @@ def _entry_ok(e: dict[str, Any]) -> bool:
             and e.get("side") in ("BUY", "SELL") and isinstance(e.get("qty"), int) and e["qty"] > 0
             and isinstance(e.get("price"), (int, float)) and isinstance(e.get("recv_ns"), int)
             and isinstance(e.get("tick_ts_ns"), int) and isinstance(e.get("order_id"), str))
+
+
+def _exec_ok(x: dict[str, Any]) -> bool:
+    return (isinstance(x.get("client_id"), str) and isinstance(x.get("order_id"), str)
+            and isinstance(x.get("symbol"), str) and x.get("side") in ("BUY", "SELL")
+            and isinstance(x.get("exec_id"), int) and isinstance(x.get("status"), str)
+            and all(isinstance(x.get(k), int) and x[k] >= 0 for k in ("last_qty", "cum_qty", "leaves_qty"))
+            and (x["last_qty"] == 0 or isinstance(x.get("last_px"), (int, float)))
+            and isinstance(x.get("recv_ns"), int))

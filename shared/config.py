@@ -12,10 +12,13 @@ import ipaddress
 import json
 import os
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_origin, get_type_hints
+
+from shared import tape as tape_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PATH = ROOT / "deploy" / "stack.toml"
@@ -38,7 +41,10 @@ class Gateway:
     heartbeat_ms: int = 250
     backlog_bytes: int = 4_194_304  # unsent bytes before a subscriber is dropped
     replay: str = ""  # CSV of symbol,price to replay instead of the random walk
+    tape: str = ""  # a tape (shared/tape.py, stack-record) to serve instead of the random walk
+    speed: float = 1.0  # the tape's pace: 1.0 as recorded (its ts_ns gaps), 2.0 twice as fast, 0 as fast as possible
     token_file: str = ""  # subscription token: when set, a subscriber's first frame must carry it
+    state: str = ""  # the walk's last prices, so a restart continues them (shared/lastprices.py); "": none
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,21 @@ class OrderManager:
     heartbeat_ms: int = 250
     max_qty: int = 1_000_000
     max_clients: int = 1024
+    logon_timeout_ms: int = 2000
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """``[exchange]``: the venue (contract §9): where the ordermanager reaches it, its quote, its journal."""
+
+    host: str = "127.0.0.1"
+    port: int = 8003  # ordermanager -> exchange only, with the order-entry token (and TLS off loopback)
+    spread_bps: float = 2.0  # its quote around the last price p: bid = p(1 - s/2), ask = p(1 + s/2), s = bps/1e4
+    depth: int = 100  # shares at its bid and at its ask, renewed with every price tick of the symbol
+    journal: str = "logs/exchange.jsonl"
+    journal_sync: str = "write"  # "write": in the OS before an exec is sent; "fsync": on disk
+    journal_segment_bytes: int = 1_048_576  # rolled (with a checkpoint) past this size: bounds a restart's replay
+    heartbeat_ms: int = 250
     logon_timeout_ms: int = 2000
 
 
@@ -81,6 +102,7 @@ class Strategy:
     client_id: str = "strategy-1"
     rule: str = DEFAULT_RULE  # "module:Class"
     symbols: tuple[str, ...] = ()  # empty: every symbol
+    ord_type: str = "market"  # its orders' type when the rule does not say: "market" or "limit" (contract §9)
     params: dict[str, Any] = field(default_factory=dict)
     name: str = ""  # not a key: the table's name, "" for [strategy]
 
@@ -111,6 +133,7 @@ class Links:
     price: str = ""
     news: str = ""
     orders: str = ""
+    exchange: str = ""  # the ordermanager's link to the venue
 
 
 @dataclass(frozen=True)
@@ -119,6 +142,23 @@ class Metrics:
 
     host: str = "127.0.0.1"
     port: int = 9108
+
+
+@dataclass(frozen=True)
+class Prometheus:
+    """``[prometheus]``: a real Prometheus beside the stack, the supervisord program ``prometheus``
+    (off by default), scraping the metrics program with deploy/prometheus/rules.yml."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # its web UI and HTTP API listen here
+    port: int = 9090
+    binary: str = "prometheus"  # a name on PATH or a path (Debian's package: /usr/bin/prometheus)
+    retention: str = "15d"  # --storage.tsdb.retention.time
+    data_dir: str = "logs/prometheus"  # its rendered prometheus.yml and, under data/, its TSDB
+    rules: str = "deploy/prometheus/rules.yml"  # the alerting and recording rules it evaluates
+    scrape_interval: str = "5s"
+    evaluation_interval: str = "5s"
+    targets: tuple[str, ...] = ()  # other hosts' metrics programs, "host:port"; this host's is always scraped
 
 
 @dataclass(frozen=True)
@@ -162,7 +202,7 @@ class Tls:
 
 # Role -> the supervisord programs it brings; the auditor runs on every host.
 ROLES: dict[str, tuple[str, ...]] = {
-    "market": ("gateway",),
+    "market": ("gateway", "exchange"),
     "trader": ("bootstrap", "orderbook", "strategy"),
     "orders": ("ordermanager",),
 }
@@ -185,6 +225,7 @@ class Config:
     symbols: tuple[str, ...] = ("AAPL", "MSFT", "GOOGL")
     gateway: Gateway = field(default_factory=Gateway)
     ordermanager: OrderManager = field(default_factory=OrderManager)
+    exchange: Exchange = field(default_factory=Exchange)
     book: Book = field(default_factory=Book)
     strategy: Strategy = field(default_factory=Strategy)
     strategies: dict[str, Strategy] = field(default_factory=dict)  # [strategies.<name>]
@@ -192,24 +233,29 @@ class Config:
     links: Links = field(default_factory=Links)
     risk: Risk = field(default_factory=Risk)
     metrics: Metrics = field(default_factory=Metrics)
+    prometheus: Prometheus = field(default_factory=Prometheus)
     host: Host = field(default_factory=Host)
     tls: Tls = field(default_factory=Tls)
     path: str = ""  # the file it came from (not a key)
 
     def link(self, name: str) -> tuple[str, int]:
-        """(host, port) a client of the ``price``, ``news`` or ``orders`` link connects to."""
+        """(host, port) a client of the ``price``, ``news``, ``orders`` or ``exchange`` link connects to."""
         override = getattr(self.links, name)
         if override:
             host, _, port = override.rpartition(":")
             return host, int(port)
         if name == "orders":
             return self.ordermanager.host, self.ordermanager.port
+        if name == "exchange":
+            return self.exchange.host, self.exchange.port
         return self.gateway.host, self.gateway.price_port if name == "price" else self.gateway.news_port
 
     def runs(self, program: str) -> bool:
         """Whether this host runs the supervisord ``program`` (``strategy-<name>`` counts as trader)."""
         if program in ("auditor", "metrics"):  # every host watches itself
             return True
+        if program == "prometheus":
+            return self.prometheus.enabled
         base = "strategy" if program.startswith("strategy-") else program
         return any(base in ROLES[r] for r in self.host.roles)
 
@@ -307,7 +353,7 @@ def _strategy(table: str, name: str, raw: Any, symbols: tuple[str, ...]) -> Stra
     """A strategy table: its own keys typed, the rest kept for its rule."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{table}: expected a table")
-    own = {k: raw[k] for k in ("client_id", "rule", "symbols") if k in raw}
+    own = {k: raw[k] for k in ("client_id", "rule", "symbols", "ord_type") if k in raw}
     params = {k: v for k, v in raw.items() if k not in own}
     for k, v in params.items():
         if not isinstance(v, _TOML_SCALARS) and not (isinstance(v, list) and all(
@@ -316,9 +362,11 @@ def _strategy(table: str, name: str, raw: Any, symbols: tuple[str, ...]) -> Stra
     kw: dict[str, Any] = {"name": name, "params": params}
     if name:
         kw["client_id"] = name
-    for k in ("client_id", "rule"):
+    for k in ("client_id", "rule", "ord_type"):
         if k in own:
             kw[k] = _check(table, k, own[k], str)
+    if kw.get("ord_type", "market") not in ("market", "limit"):
+        raise ConfigError(f"{table}.ord_type: must be 'market' or 'limit', got {kw['ord_type']!r}")
     if "symbols" in own:
         syms = own["symbols"]
         if not isinstance(syms, list) or not syms or not all(isinstance(x, str) for x in syms):
@@ -355,15 +403,18 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("book.ring_len: must be >= 1")
     if not cfg.book.segment or "/" in cfg.book.segment:
         raise ConfigError("book.segment: must be a plain name")
-    for sec, key in (("gateway", "heartbeat_ms"), ("ordermanager", "heartbeat_ms"), ("book", "stale_ms")):
+    for sec, key in (("gateway", "heartbeat_ms"), ("ordermanager", "heartbeat_ms"), ("exchange", "heartbeat_ms"),
+                     ("book", "stale_ms")):
         if getattr(getattr(cfg, sec), key) < 1:
             raise ConfigError(f"{sec}.{key}: must be >= 1")
-    for name in ("price", "news", "orders"):
+    for name in ("price", "news", "orders", "exchange"):
         v = getattr(cfg.links, name)
         host, _, port = v.rpartition(":")
         if v and not (host and port.isdigit() and 1 <= int(port) <= 65535):
             raise ConfigError(f"links.{name}: expected 'host:port', got {v!r}")
     _validate_hosts(cfg)
+    _validate_tape(cfg)
+    _validate_prometheus(cfg)
     om = cfg.ordermanager
     if om.journal_sync not in ("write", "fsync"):
         raise ConfigError("ordermanager.journal_sync: must be 'write' or 'fsync'")
@@ -372,6 +423,37 @@ def _validate(cfg: Config) -> None:
     if om.journal_window < 64:
         raise ConfigError("ordermanager.journal_window: must be >= 64")
     roll_at_minute(om.journal_roll_at)
+    _validate_exchange(cfg.exchange)
+
+
+def _validate_exchange(x: Exchange) -> None:
+    """The venue's keys the types alone do not check."""
+    if not x.spread_bps < 20_000:
+        raise ConfigError(f"exchange.spread_bps: must be below 20000 (a bid above 0), got {x.spread_bps}")
+    if not x.journal:
+        raise ConfigError("exchange.journal: a path is needed")
+    if x.journal_sync not in ("write", "fsync"):
+        raise ConfigError("exchange.journal_sync: must be 'write' or 'fsync'")
+    if x.journal_segment_bytes < 4096:
+        raise ConfigError("exchange.journal_segment_bytes: must be >= 4096")
+    if x.logon_timeout_ms < 1:
+        raise ConfigError("exchange.logon_timeout_ms: must be >= 1")
+
+
+def _validate_tape(cfg: Config) -> None:
+    """``gateway.tape``: not with ``gateway.replay``; on the host that runs the gateway, each of
+    its files has a tape's header (the records' values are checked when the gateway loads them)."""
+    g = cfg.gateway
+    if not g.tape:
+        return
+    if g.replay:
+        raise ConfigError("gateway.tape: set gateway.tape or gateway.replay, not both")
+    if cfg.runs("gateway"):
+        try:
+            for path in tape_mod.files(cfg.resolve(g.tape)):
+                tape_mod.read_header(path)
+        except tape_mod.TapeError as e:
+            raise ConfigError(f"gateway.tape: {e}") from None
 
 
 def roll_at_minute(value: str) -> int | None:
@@ -382,6 +464,30 @@ def roll_at_minute(value: str) -> int | None:
     if not (sep and len(hh) == len(mm) == 2 and hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
         raise ConfigError(f"ordermanager.journal_roll_at: expected 'HH:MM' (UTC) or '', got {value!r}")
     return int(hh) * 60 + int(mm)
+
+
+# A Prometheus duration: units from years down to milliseconds, each at most once, in this order.
+_DURATION = re.compile(r"^(?=\d)(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?$")
+
+
+def _validate_prometheus(cfg: Config) -> None:
+    """Durations Prometheus takes, ``host:port`` targets, its port not the metrics program's."""
+    p = cfg.prometheus
+    for key in ("retention", "scrape_interval", "evaluation_interval"):
+        v = getattr(p, key)
+        if not _DURATION.match(v) or not any(c.isdigit() and c != "0" for c in v):
+            raise ConfigError(f"prometheus.{key}: expected a Prometheus duration like '15d', '5s' or '500ms', "
+                              f"got {v!r}")
+    if not p.binary:
+        raise ConfigError("prometheus.binary: must name the prometheus program")
+    if not p.rules:
+        raise ConfigError("prometheus.rules: must name a rules file")
+    for t in p.targets:
+        host, _, port = t.rpartition(":")
+        if not (host and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(f"prometheus.targets: expected 'host:port', got {t!r}")
+    if p.port == cfg.metrics.port and (p.host == cfg.metrics.host or "0.0.0.0" in (p.host, cfg.metrics.host)):
+        raise ConfigError(f"prometheus.port: {p.port} is also metrics.port; each needs its own")
 
 
 def _validate_hosts(cfg: Config) -> None:
@@ -397,9 +503,10 @@ def _validate_hosts(cfg: Config) -> None:
             if not getattr(t, key):
                 raise ConfigError(f"tls.{key}: needed when tls.enabled = true")
     om, g = cfg.ordermanager, cfg.gateway
-    if not is_loopback(om.host) and not t.enabled:
-        raise ConfigError(f"ordermanager.host: {om.host} is off loopback; order entry there needs "
-                          "[tls] enabled = true with ca, cert and key (deploy/certs makes them)")
+    for sec, host in (("ordermanager", om.host), ("exchange", cfg.exchange.host)):
+        if not is_loopback(host) and not t.enabled:
+            raise ConfigError(f"{sec}.host: {host} is off loopback; order entry there needs "
+                              "[tls] enabled = true with ca, cert and key (deploy/certs makes them)")
     if not is_loopback(g.host) and not g.token_file:
         raise ConfigError(f"gateway.host: {g.host} is off loopback; market data there needs "
                           "gateway.token_file, the subscription token")
@@ -453,6 +560,18 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
     return parse(raw, str(p))
+
+
+def load_or_exit(program: str) -> Config:
+    """Load the config; a bad one is one clear line on stderr and exit 2. Each daemon calls it
+    first, before its heavy imports (about 1 s on a busy machine): a start bound to fail then
+    exits well within supervisord's ``startsecs``, so it is never RUNNING and a crash loop ends
+    in FATAL."""
+    try:
+        return load()
+    except ConfigError as e:
+        print(f"{program}: bad config: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def replace(cfg: Config, **sections: dict[str, Any]) -> Config:

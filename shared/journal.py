@@ -46,7 +46,7 @@ RETRY_S = 5.0  # a roll or a checkpoint that failed is tried again after this
 
 
 class Entry(msgspec.Struct, frozen=True):
-    """One journal line (contract §6)."""
+    """One journal line (contract §6; 1.2: ``ord_type``, ``tif``, and no ``price`` for a bare market order)."""
 
     order_no: int
     order_id: str
@@ -54,10 +54,12 @@ class Entry(msgspec.Struct, frozen=True):
     symbol: str
     side: str
     qty: int
-    price: float
+    price: float | None
     ts_ns: int
     tick_ts_ns: int
     recv_ns: int
+    ord_type: str = "limit"  # a line written before 1.2 has neither: a limit order for the day
+    tif: str = "day"
 
 
 # --- reading ------------------------------------------------------------------
@@ -318,8 +320,10 @@ class Journal:
             pos = self.positions[cid]
             pos[s.symbol] -= s.qty if s.side == "BUY" else -s.qty
         for cid, prev in self._prev_last.items():
-            if prev is None:
+            if prev is None:  # its first orders: the client is unknown again
                 self.last_id.pop(cid, None)
+                self.window.pop(cid, None)
+                self.positions.pop(cid, None)
             else:
                 self.last_id[cid] = prev
         n = len(self.staged)

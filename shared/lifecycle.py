@@ -113,19 +113,12 @@ def adopt_logs() -> None:
         os.close(new)
 
 
-def load_config_or_exit(daemon: str) -> config_mod.Config:
-    """Load the config; a bad one is one clear line on stderr and exit 2."""
-    try:
-        return config_mod.load()
-    except config_mod.ConfigError as e:
-        print(f"{daemon}: bad config: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def run(daemon: str, build: Callable[[config_mod.Config, Any], Component], log_stream: Any = None) -> None:
-    """Entry point of every daemon: config, logging, build, loop, shutdown."""
+def run(daemon: str, build: Callable[[config_mod.Config, Any], Component], log_stream: Any = None,
+        cfg: config_mod.Config | None = None) -> None:
+    """Entry point of every daemon: config (unless loaded already, by ``config.load_or_exit``),
+    logging, build, loop, shutdown."""
     parent = Parent()
-    cfg = load_config_or_exit(daemon)
+    cfg = cfg if cfg is not None else config_mod.load_or_exit(daemon)
     log = logs.configure(daemon, log_stream)
     stop = Stop(parent)
     log.info("started", config=cfg.path, parent=parent.pid, pdeathsig=parent.pdeathsig)

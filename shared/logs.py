@@ -116,6 +116,14 @@ def hot(event: str, **fields: Any) -> None:
 LINGER_S = 0.005
 
 
+def due_in(now: float) -> float | None:
+    """Seconds until the buffered lines are due for ``flush(LINGER_S)`` (0 if they are); None when none
+    are: a loop that sleeps longer wakes up by then, so its lines are written within LINGER_S."""
+    if _sink is None or not _sink._buf:
+        return None
+    return max(0.0, _sink.since + LINGER_S - now)
+
+
 def flush(older_than: float = 0.0) -> None:
     """Write out the buffered log lines (only if the oldest is ``older_than`` seconds)."""
     if _sink is not None and _sink._buf and time.monotonic() - _sink.since >= older_than:

@@ -1,7 +1,7 @@
 """The metrics program: the stack's figures as Prometheus text at ``[metrics]`` host:port ``/metrics``.
 
 It reads what ``stack-top`` reads (``shared.observe``: supervisord, /proc, the
-segment, the logs, the journal), and only when scraped: with no scraper it
+segment, the logs, the journal and the exec journal), and only when scraped: with no scraper it
 sleeps in ``select``, and no other program does any work for it.
 """
 
@@ -24,7 +24,35 @@ from shared.observe import DEFAULT_SERVERURL, Watcher
 
 # Tick-to-trade bucket bounds, seconds: 50 µs to 1 s.
 BUCKETS = (5e-05, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# Order-to-fill: a market order fills within a millisecond, a resting one after seconds or minutes.
+FILL_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0, 30.0, 120.0, 600.0)
+# An order's reject reasons: each client's series of these exist (at 0) from the start, so that
+# increase() sees the first one (Prometheus cannot count the first sample of a new series).
+ORDER_REJECTS = ("risk", "unavailable")
 STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN")
+
+
+class Histogram:
+    """Observations in fixed buckets, kept across scrapes (what a scrape adds, it adds once)."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe_us(self, us: list[float]) -> None:
+        """Add these observations, in µs (the buckets are in seconds)."""
+        for x in us:
+            s = x / 1e6
+            self.sum += s
+            self.counts[next((i for i, b in enumerate(self.bounds) if s <= b), len(self.bounds))] += 1
+
+    def family(self, name: str, doc: str) -> Metric:
+        cum, n = [], 0
+        for i, b in enumerate([*map(str, self.bounds), "+Inf"]):
+            n += self.counts[i]
+            cum.append((b, n))
+        return HistogramMetricFamily(name, doc, buckets=cum, sum_value=self.sum)
 
 
 class StackCollector(Collector):
@@ -32,20 +60,14 @@ class StackCollector(Collector):
 
     def __init__(self, watcher: Watcher) -> None:
         self.watcher = watcher
-        self.buckets = [0] * (len(BUCKETS) + 1)
-        self.t2t_sum = 0.0
-
-    def _observe(self, us: list[float]) -> None:
-        for x in us:
-            s = x / 1e6
-            self.t2t_sum += s
-            i = next((i for i, b in enumerate(BUCKETS) if s <= b), len(BUCKETS))
-            self.buckets[i] += 1
+        self.t2t = Histogram(BUCKETS)
+        self.fill = Histogram(FILL_BUCKETS)
 
     def collect(self) -> Iterator[Metric]:
         v = self.watcher.poll()
         a = v.activity
-        self._observe(a.new_t2t)
+        self.t2t.observe_us(a.new_t2t)
+        self.fill.observe_us(a.new_fill_lat)
         up = GaugeMetricFamily("tradestack_supervisor_up", "1 when supervisord answers over XML-RPC")
         up.add_metric([], 0 if isinstance(v.programs, str) else 1)
         yield up
@@ -53,14 +75,11 @@ class StackCollector(Collector):
             yield from _programs(v.programs)
         yield from _book(v.book)
         yield from _orders(a)
-        cum, n = [], 0
-        for i, b in enumerate([*map(str, BUCKETS), "+Inf"]):
-            n += self.buckets[i]
-            cum.append((b, n))
-        h = HistogramMetricFamily("tradestack_tick_to_trade_seconds",
-                                  "News tick (gateway ts_ns) to order journaled (recv_ns), for orders journaled "
-                                  "since the metrics program started", buckets=cum, sum_value=self.t2t_sum)
-        yield h
+        yield self.t2t.family("tradestack_tick_to_trade_seconds", "News tick (gateway ts_ns) to order journaled "
+                              "(recv_ns), for orders journaled since the metrics program started")
+        yield self.fill.family("tradestack_order_to_fill_seconds", "Order journaled (recv_ns) to each of its fills "
+                               "at the ordermanager (exec journal recv_ns), for fills since the metrics program "
+                               "started")
         yield from _clients(a)
 
 
@@ -111,8 +130,10 @@ def _book(b: Any) -> Iterator[Metric]:
 def _orders(a: Any) -> Iterator[Metric]:
     yield _family(CounterMetricFamily, "tradestack_orders", "orders in the journal", ["client_id"],
                   [((c.client_id,), c.orders) for c in a.clients.values()])
+    ids = [*(st.client_id for st in a.cfg.all_strategies()), *a.clients]
+    rejects = {(cid, reason): 0 for cid in ids for reason in ORDER_REJECTS} | dict(a.rejects)
     yield _family(CounterMetricFamily, "tradestack_order_rejects", "order_rejected records seen since the metrics "
-                  "program started", ["client_id", "reason"], [(k, n) for k, n in sorted(a.rejects.items())])
+                  "program started", ["client_id", "reason"], sorted(rejects.items()))
     yield _family(CounterMetricFamily, "tradestack_reconnects", "reconnected records", ["program"],
                   sorted(((p,), n) for p, n in a.reconnects.items()))
     yield _family(CounterMetricFamily, "tradestack_gaps", "gap_detected records", ["program"],
@@ -125,7 +146,7 @@ def _orders(a: Any) -> Iterator[Metric]:
 
 def _clients(a: Any) -> Iterator[Metric]:
     ids = list(dict.fromkeys([*a.strategy_ids.values(), *a.clients]))
-    pos, real, unreal, pending, halted = [], [], [], [], []
+    pos, real, unreal, pending, halted, fills, filled, opened, ratio = [], [], [], [], [], [], [], [], []
     for cid in ids:
         c = a.clients.get(cid)
         halted.append(((cid,), int(cid in a.halted)))
@@ -137,7 +158,19 @@ def _clients(a: Any) -> Iterator[Metric]:
             unreal.append(((cid,), u))
         pending.append(((cid,), len(c.pending)))
         pos += [((cid, s), p.qty) for s, p in sorted(c.positions.items())]
-    yield _family(GaugeMetricFamily, "tradestack_client_position", "signed position (journaled orders)",
+        fills.append(((cid,), c.fills))
+        filled.append(((cid,), c.filled_qty))
+        opened.append(((cid,), len(c.open)))
+        if c.fill_ratio() is not None:
+            ratio.append(((cid,), c.fill_ratio()))
+    yield _family(CounterMetricFamily, "tradestack_fills", "execs with a fill (the ordermanager's exec journal)",
+                  ["client_id"], fills)
+    yield _family(CounterMetricFamily, "tradestack_filled_shares", "shares filled", ["client_id"], filled)
+    yield _family(GaugeMetricFamily, "tradestack_client_open_orders", "orders open at the venue (new or partly "
+                  "filled, not yet ended)", ["client_id"], opened)
+    yield _family(GaugeMetricFamily, "tradestack_client_fill_ratio", "shares filled over shares ordered, of the "
+                  "client's ended orders", ["client_id"], ratio)
+    yield _family(GaugeMetricFamily, "tradestack_client_position", "signed position (from fills)",
                   ["client_id", "symbol"], pos)
     yield _family(GaugeMetricFamily, "tradestack_client_realized_pnl", "realized P&L", ["client_id"], real)
     yield _family(GaugeMetricFamily, "tradestack_client_unrealized_pnl", "unrealized P&L at the book's prices",

@@ -97,6 +97,35 @@ def _boot_time() -> float:
     return _btime
 
 
+class CpuWindow:
+    """A process's CPU % of a core over the last ``window_s`` of samples: /proc counts CPU in
+    ticks of 10 ms, coarser than what a quiet program uses between two polls a third of a
+    second apart, so a rate between two polls reads 0 or 3 %; over seconds it reads true.
+    A sample is kept at most every ``every_s``, so the figure (and the table showing it)
+    changes at most that often."""
+
+    WINDOW_S = 4.0
+    EVERY_S = 1.0
+
+    def __init__(self, window_s: float = WINDOW_S, every_s: float = EVERY_S) -> None:
+        self.window_s, self.every_s = window_s, every_s
+        self.samples: deque[tuple[float, float]] = deque()  # (monotonic, CPU seconds)
+        self.pct: float | None = None
+
+    def add(self, now: float, cpu_s: float) -> float | None:
+        """Offer a sample; the % between the newest sample kept and the oldest (at most
+        ``window_s`` before it, but for the one just older), or None before a second one."""
+        s = self.samples
+        if s and now - s[-1][0] < self.every_s:
+            return self.pct
+        s.append((now, cpu_s))
+        while len(s) > 2 and now - s[1][0] >= self.window_s:
+            s.popleft()
+        t0, c0 = s[0]
+        self.pct = max(0.0, (cpu_s - c0) / (now - t0) * 100) if now > t0 else None
+        return self.pct
+
+
 @dataclass
 class Program:
     """One supervised program as the view shows it."""
@@ -108,7 +137,7 @@ class Program:
     restarts: int
     rss_bytes: int | None
     cpu_s: float | None  # CPU seconds used by the current process
-    cpu_pct: float | None  # over the last poll interval
+    cpu_pct: float | None  # over the last few seconds (CpuWindow)
     last_exit: str  # "" when it never exited under this supervisord
 
 
@@ -211,7 +240,7 @@ class Watcher:
         self.book = BookWatch(cfg.book.segment, cfg.book.stale_ms)
         self.logs_dir = cfg.resolve(cfg.auditor.log).parent
         self.activity = Activity(cfg, backlog)
-        self.cpu: dict[int, tuple[float, float]] = {}  # pid -> (monotonic, cpu seconds) at the last poll
+        self.cpu: dict[int, CpuWindow] = {}  # pid -> its recent CPU samples
         self.sup_pid: int | None = None
         self.sup_start = 0.0
         self.sup_checked = 0.0
@@ -246,10 +275,7 @@ class Watcher:
             if usage is not None:
                 seen.add(p)
                 rss, cpu, _ = usage
-                last = self.cpu.get(p)
-                if last is not None and now > last[0]:
-                    pct = max(0.0, (cpu - last[1]) / (now - last[0]) * 100)
-                self.cpu[p] = (now, cpu)
+                pct = self.cpu.setdefault(p, CpuWindow()).add(now, cpu)
             up = float(i["now"] - i["start"]) if i["statename"] == "RUNNING" and i["start"] else None
             exit_s = ""
             gone = self.activity.last_exit(i["name"], self.sup_start)

@@ -1,12 +1,14 @@
-"""Positions and P&L per client and symbol, from the journal: pure, no I/O.
+"""Positions and P&L per client and symbol, from the venue's fills: pure, no I/O.
 
-An acked order fills in full at its own price. Cost is the average cost of
-the open position: a fill on the side of the position (or from flat) moves
-the average; one against it realizes ``closed qty x (price - average)`` (sign
-of the position) and leaves the average as it was; the part of a fill beyond
-flat opens a new position at the fill's price. Unrealized P&L is ``position x
-(mark - average)``, the mark being the book's latest price; with no mark, it
-is unknown (None), but a flat position's is 0.
+Contract §9: a position is what filled, each fill (an exec with ``last_qty``
+> 0) at its ``last_px``. Cost is the average cost of the open position: a
+fill on the side of the position (or from flat) moves the average; one
+against it realizes ``closed qty x (price - average)`` (sign of the position)
+and leaves the average as it was; the part of a fill beyond flat opens a new
+position at the fill's price. Unrealized P&L is ``position x (mark -
+average)``, the mark being the book's latest price; with no mark, it is
+unknown (None), but a flat position's is 0. What is still open (the leaves
+of orders not ended) is reported beside, never counted as filled.
 """
 
 from __future__ import annotations
@@ -50,11 +52,17 @@ class Position:
 Positions = dict[str, dict[str, Position]]  # client_id -> symbol -> Position
 
 
-def positions(entries: Iterable[Mapping[str, Any]]) -> Positions:
-    """Every client's positions from journal entries in ``order_no`` order (malformed ones skipped)."""
+def _field(x: Any, key: str) -> Any:
+    return x.get(key) if isinstance(x, Mapping) else getattr(x, key, None)
+
+
+def positions(execs: Iterable[Any]) -> Positions:
+    """Every client's positions from exec lines (mappings or ``shared.execstate.ExecLine``) in exec_id
+    order: their fills; execs without a fill and malformed ones are skipped."""
     out: Positions = {}
-    for e in entries:
-        cid, sym, side, qty, price = e.get("client_id"), e.get("symbol"), e.get("side"), e.get("qty"), e.get("price")
+    for x in execs:
+        cid, sym, side = _field(x, "client_id"), _field(x, "symbol"), _field(x, "side")
+        qty, price = _field(x, "last_qty"), _field(x, "last_px")
         if (not isinstance(cid, str) or not isinstance(sym, str) or side not in ("BUY", "SELL")
                 or not isinstance(qty, int) or isinstance(qty, bool) or qty <= 0
                 or not isinstance(price, (int, float)) or isinstance(price, bool) or price <= 0):
@@ -66,29 +74,46 @@ def positions(entries: Iterable[Mapping[str, Any]]) -> Positions:
     return out
 
 
+class Open:
+    """One client's open orders: how many, and their leaves per symbol as [buy, sell]."""
+
+    __slots__ = ("orders", "symbols")
+
+    def __init__(self, orders: int = 0, symbols: dict[str, list[int]] | None = None) -> None:
+        self.orders, self.symbols = orders, symbols or {}
+
+
 def _r(v: float | None) -> float | None:
     return None if v is None else round(v, DIGITS) + 0.0  # + 0.0: no -0.0
 
 
-def report(book: Positions, marks: Mapping[str, float]) -> dict[str, Any]:
-    """Contract §8's ``clients`` document: per client ``realized``, ``unrealized``, ``total`` and
-    ``symbols[<symbol>]`` with ``position``, ``avg_price`` (None when flat), ``realized``,
-    ``unrealized``, ``total`` and ``mark`` (None when the book has none); an unknown part makes a
-    sum unknown."""
+def report(book: Positions, marks: Mapping[str, float], open_orders: Mapping[str, Open] | None = None
+           ) -> dict[str, Any]:
+    """Contract §8's ``clients`` document (with §9's additions): per client ``realized``,
+    ``unrealized``, ``total``, ``open_orders`` (a count) and ``symbols[<symbol>]`` with ``position``,
+    ``avg_price`` (None when flat), ``realized``, ``unrealized``, ``total``, ``mark`` (None when the
+    book has none), ``open_buy`` and ``open_sell`` (leaves); an unknown part makes a sum unknown. A
+    client or symbol with open orders and no fill is listed, flat."""
+    opens = open_orders or {}
     clients: dict[str, Any] = {}
-    for cid in sorted(book):
+    for cid in sorted(set(book) | set(opens)):
+        held = book.get(cid, {})
+        o = opens.get(cid, Open())
         symbols: dict[str, Any] = {}
         realized = 0.0
         unrealized: float | None = 0.0
-        for sym in sorted(book[cid]):
-            p = book[cid][sym]
+        for sym in sorted(set(held) | set(o.symbols)):
+            p = held.get(sym) or Position()
             mark = marks.get(sym)
             u = p.unrealized(mark)
+            buy, sell = o.symbols.get(sym, (0, 0))
             symbols[sym] = {"position": p.qty, "avg_price": _r(p.avg_price) if p.qty else None,
                             "realized": _r(p.realized), "unrealized": _r(u),
-                            "total": None if u is None else _r(p.realized + u), "mark": mark}
+                            "total": None if u is None else _r(p.realized + u), "mark": mark,
+                            "open_buy": buy, "open_sell": sell}
             realized += p.realized
             unrealized = None if u is None or unrealized is None else unrealized + u
         clients[cid] = {"realized": _r(realized), "unrealized": _r(unrealized),
-                        "total": None if unrealized is None else _r(realized + unrealized), "symbols": symbols}
+                        "total": None if unrealized is None else _r(realized + unrealized),
+                        "open_orders": o.orders, "symbols": symbols}
     return clients

@@ -22,6 +22,11 @@ Seq = Annotated[int, msgspec.Meta(ge=0)]
 OrderId = Annotated[str, msgspec.Meta(pattern=r"^[\x20-\x7e]{1,128}$")]
 Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
 Side = Literal["BUY", "SELL"]
+OrdType = Literal["limit", "market"]
+Tif = Literal["day", "ioc"]
+ExecStatus = Literal["new", "partially_filled", "filled", "canceled", "expired"]
+TERMINAL = frozenset(("filled", "canceled", "expired"))
+Qty = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class _Msg(msgspec.Struct, tag_field="type", omit_defaults=True, frozen=True):
@@ -73,6 +78,7 @@ class Logon(_Msg, tag="logon", frozen=True):
     client_id: OrderId
     token: str
     instance: OrderId | None = None
+    last_exec_id: Seq | None = None  # 1.2: then every exec of this client above it follows the logon_ack, in order
 
 
 class Subscribe(_Msg, tag="subscribe", frozen=True):
@@ -84,21 +90,85 @@ class Subscribe(_Msg, tag="subscribe", frozen=True):
 
 
 class Order(_Msg, tag="order", frozen=True):
-    """An order; ``order_id`` is unique per client and stable across resends."""
+    """An order; ``order_id`` is unique per client and stable across resends.
+
+    1.2: ``ord_type`` and ``tif``; a market order's ``price`` is optional (a protection limit when given);
+    without them an order is a limit order, good for the day, at its price.
+    """
 
     order_id: OrderId
     symbol: Symbol
     side: Side
     qty: PositiveInt
-    price: Positive
     ts_ns: Seq
     tick_ts_ns: Seq
+    price: Positive | None = None
+    ord_type: OrdType = "limit"
+    tif: Tif = "day"
 
     def __post_init__(self) -> None:
         # Times are u64; a bigger int would crash the ordermanager's JSON log line (msgspec
         # bounds only int64, so the check lives here; decoding turns it into a ValidationError).
         if self.ts_ns >= 1 << 64 or self.tick_ts_ns >= 1 << 64:
             raise ValueError("ts_ns and tick_ts_ns must fit in 64 bits")
+        if self.price is None and self.ord_type == "limit":
+            raise ValueError("a limit order needs a price")
+
+
+class Cancel(_Msg, tag="cancel", frozen=True):
+    """Cancel one of this client's orders (1.2); the ordermanager adds ``client_id`` on its way to the venue."""
+
+    order_id: OrderId
+    client_id: OrderId | None = None
+
+
+class Route(_Msg, tag="route", frozen=True):
+    """An accepted order, ordermanager -> exchange (ours, not in the contract): the venue keys it by
+    (``client_id``, ``order_id``) and ignores one it has seen, so routing again is safe."""
+
+    order_no: PositiveInt
+    client_id: OrderId
+    order_id: OrderId
+    symbol: Symbol
+    side: Side
+    qty: PositiveInt
+    price: Positive | None = None
+    ord_type: OrdType = "limit"
+    tif: Tif = "day"
+
+
+class Exec(_Msg, tag="exec", frozen=True):
+    """An execution report (1.2), exchange -> ordermanager -> the strategy that owns the order.
+
+    ``last_px`` and ``avg_px`` are always sent (null before a fill). ``symbol``, ``side``, ``client_id`` and
+    ``order_no`` are additions of ours, so the ordermanager forwards the venue's bytes as they are.
+    """
+
+    order_id: OrderId
+    exec_id: PositiveInt
+    status: ExecStatus
+    last_qty: Qty
+    last_px: float | None
+    cum_qty: Qty
+    leaves_qty: Qty
+    avg_px: float | None
+    ts_ns: Seq
+    symbol: Symbol
+    side: Side
+    client_id: OrderId | None = None
+    order_no: PositiveInt | None = None
+
+
+class OpenOrder(msgspec.Struct, frozen=True):
+    """One resting order in ``logon_ack.open_orders`` (1.2)."""
+
+    order_id: str
+    symbol: str
+    side: Side
+    qty: int
+    price: float | None
+    cum_qty: int
+    leaves_qty: int
 
 
 class LogonAck(_Msg, tag="logon_ack", frozen=True):
@@ -108,6 +178,8 @@ class LogonAck(_Msg, tag="logon_ack", frozen=True):
     heartbeat_ms: PositiveInt
     positions: dict[str, int]
     last_order_id: str | None
+    open_orders: list[OpenOrder]  # 1.2: this client's orders still open at the venue
+    last_exec_id: int | None = None  # ours: the largest exec_id the sender has of this client (the venue: of all)
 
 
 class Ack(_Msg, tag="ack", frozen=True):
@@ -122,11 +194,12 @@ class Reject(_Msg, tag="reject", frozen=True):
     """An order or frame refused, with a reason code of contract §4 (and §8's ``unavailable``)."""
 
     order_id: str | None
-    reason: Literal["bad_frame", "bad_message", "not_logged_on", "unauthorized", "risk", "unavailable"]
+    reason: Literal["bad_frame", "bad_message", "not_logged_on", "unauthorized", "risk", "unavailable", "unknown_order"]
     detail: str
+    client_id: OrderId | None = None  # the venue's reject of a cancel names the client, for the ordermanager
 
 
-Message = Hello | Price | News | Heartbeat | Subscribe | Logon | Order | LogonAck | Ack | Reject
+Message = Hello | Price | News | Heartbeat | Subscribe | Logon | Order | Cancel | Route | Exec | LogonAck | Ack | Reject
 
 
 class ProtocolError(Exception):
@@ -196,6 +269,7 @@ def frame_body(body: bytes) -> bytes:
 def decode(body: bytes | memoryview) -> Message:
     """Decode one frame body, raising BadMessage naming what is wrong."""
     try:
+        str(body, "utf-8")  # UTF-8 throughout, the fields msgspec skips too
         return _decoder.decode(body)
     except msgspec.ValidationError as e:
         raise BadMessage(str(e), _order_id_of(body)) from None
@@ -249,6 +323,9 @@ class FrameDecoder:
         elif not isinstance(data, bytes):
             data = bytes(data)
         out: list[Message | BadMessage] = []
+        # msgspec skips unknown fields without checking their UTF-8, and a frame is UTF-8 throughout
+        # (contract §4): a read that is all ASCII, as nearly every one is, needs no closer look.
+        utf8_checked = data.isascii()
         pos, end = 0, len(data)
         view = memoryview(data)  # over immutable bytes: slices cost no copy
         unpack, decode = _LEN.unpack_from, self._decode
@@ -262,6 +339,8 @@ class FrameDecoder:
             body = view[pos + HEADER : pos + HEADER + n]
             pos += HEADER + n
             try:
+                if not utf8_checked:
+                    str(body, "utf-8")
                 out.append(decode(body))
             except msgspec.ValidationError as e:
                 out.append(BadMessage(str(e), _order_id_of(body)))

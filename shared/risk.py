@@ -4,6 +4,11 @@ A check answers None (the order passes) or the reject detail, which begins
 with what refused it: ``halted``, ``max_notional``, ``max_position`` or
 ``max_orders_per_s``. The ordermanager sends it as a ``reject`` with reason
 ``risk``.
+
+Contract §9: the position is what filled, and ``max_position`` counts it plus
+the leaves of the client's open orders on the order's side (they may all still
+fill). A market order without a price has no notional to check, so with a
+``max_notional`` it is refused.
 """
 
 from __future__ import annotations
@@ -16,23 +21,28 @@ from shared.config import RiskLimits
 WINDOW_S = 1.0  # max_orders_per_s counts the orders accepted in the last second
 
 
-def notional_refusal(limits: RiskLimits, qty: int, price: float) -> str | None:
-    """Refuse one order worth more than ``max_notional`` (qty x price)."""
+def notional_refusal(limits: RiskLimits, qty: int, price: float | None) -> str | None:
+    """Refuse one order worth more than ``max_notional`` (qty x price), or without a price under that limit."""
+    if price is None:
+        return "max_notional: a market order needs a price" if limits.max_notional else None
     notional = qty * price
     if limits.max_notional and notional > limits.max_notional:
         return f"max_notional: {qty} x {price} = {notional:.2f} is over the limit {limits.max_notional:g}"
     return None
 
 
-def position_refusal(limits: RiskLimits, symbol: str, position: int, signed_qty: int) -> str | None:
-    """Refuse an order after which the absolute position in ``symbol`` is over ``max_position``.
+def position_refusal(limits: RiskLimits, symbol: str, position: int, signed_qty: int, open_qty: int = 0) -> str | None:
+    """Refuse an order after which the absolute position in ``symbol``, counting ``open_qty`` (the leaves
+    of the client's open orders on the order's side) as filled, is over ``max_position``.
 
-    An order that brings the position closer to zero always passes, so a client
-    left over a limit lowered since can still reduce."""
-    after = position + signed_qty
-    if limits.max_position and abs(after) > limits.max_position and abs(after) >= abs(position):
-        return (f"max_position: {symbol} position {position} would become {after}, over the limit "
-                f"{limits.max_position}")
+    An order that brings that closer to zero always passes, so a client left
+    over a limit lowered since can still reduce."""
+    before = position + (open_qty if signed_qty > 0 else -open_qty)
+    after = before + signed_qty
+    if limits.max_position and abs(after) > limits.max_position and abs(after) >= abs(before):
+        side = "buy" if signed_qty > 0 else "sell"
+        held = f"position {position}" + (f" and {open_qty} open to {side}" if open_qty else "")
+        return f"max_position: {symbol} {held} would become {after}, over the limit {limits.max_position}"
     return None
 
 
@@ -67,15 +77,16 @@ class Risk:
     def limits(self, client_id: str) -> RiskLimits:
         return self.overrides.get(client_id, self.default)
 
-    def check(self, client_id: str, symbol: str, side: str, qty: int, price: float, position: int,
-              now: float) -> str | None:
-        """None and the order counts toward the rate, or the detail of the refusal.
-        ``position`` is the client's in ``symbol`` before the order; ``now`` is monotonic seconds."""
+    def check(self, client_id: str, symbol: str, side: str, qty: int, price: float | None, position: int,
+              now: float, open_qty: int = 0) -> str | None:
+        """None and the order counts toward the rate, or the detail of the refusal. ``position`` is the
+        client's filled one in ``symbol``, ``open_qty`` the leaves of its open orders there on ``side``;
+        ``now`` is monotonic seconds."""
         if client_id in self.halted:
             return f"halted: order entry of {client_id} is stopped (deploy/resume {client_id})"
         lim = self.limits(client_id)
         refusal = (notional_refusal(lim, qty, price)
-                   or position_refusal(lim, symbol, position, qty if side == "BUY" else -qty))
+                   or position_refusal(lim, symbol, position, qty if side == "BUY" else -qty, open_qty))
         if refusal is not None or not lim.max_orders_per_s:
             return refusal
         rate = self.rates.get(client_id)

@@ -2,8 +2,15 @@
 
 A rule is a subclass of ``Rule`` with a ``Params`` dataclass (its config
 keys, with their defaults), ``history`` (how many recent ticks it wants) and
-one decision method, ``decide(ticks, news, position)``. The config names it
-by ``"module:Class"``; ``MovingAverageSentiment`` is the rule of contract §7.
+one decision method, ``decide(ticks, news, position, open_orders)``; a rule
+that rests orders also says which to cancel, ``cancels(ticks, news,
+open_orders)``. The config names it by ``"module:Class"``;
+``MovingAverageSentiment`` is the rule of contract §7, ``MeanReversion`` one
+that rests limit orders and cancels stale ones.
+
+A rule whose ``decide`` takes three arguments (``ticks, news, position``,
+the interface before the venue) still works: its ``position`` counts the
+open orders as if they had filled.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol
 
 Side = Literal["BUY", "SELL"]
+OrdType = Literal["limit", "market"]
+Tif = Literal["day", "ioc"]
 
 
 class Tick(NamedTuple):
@@ -41,10 +50,41 @@ class NewsTick(Protocol):
 
 
 class Decision(NamedTuple):
-    """An order to send: side and quantity; the strategy prices it at the latest tick."""
+    """An order to send: side and quantity, and optionally its price, type and time in force.
+
+    What is left None the strategy fills in: ``ord_type`` its table's (``ord_type``, "market" by
+    default); ``tif`` "day" for a limit order ("ioc" for a market one, always); ``price`` the
+    latest tick's for a limit order, and for a market order a protection limit 1 % through it.
+    """
 
     side: Side
     qty: int
+    price: float | None = None
+    ord_type: OrdType | None = None
+    tif: Tif | None = None
+
+
+class OpenOrder(NamedTuple):
+    """One of the rule's orders in the news tick's symbol that may still fill: sent, not yet ended."""
+
+    order_id: str
+    side: Side
+    qty: int
+    price: float | None  # None: a market order without a protection price
+    cum_qty: int  # filled so far
+    leaves_qty: int  # still open
+    age: int  # news ticks of its symbol since it was sent (after a restart: since the strategy learned of it)
+    canceling: bool = False  # a cancel of it is on its way
+
+    @property
+    def signed_leaves(self) -> int:
+        """``leaves_qty``, negative for a sell."""
+        return self.leaves_qty if self.side == "BUY" else -self.leaves_qty
+
+
+def exposure(position: int, open_orders: Sequence[OpenOrder]) -> int:
+    """The position if every open order filled: ``position`` plus their signed leaves."""
+    return position + sum(o.signed_leaves for o in open_orders)
 
 
 class Rule:
@@ -61,22 +101,30 @@ class Rule:
     def __init__(self, params: Any) -> None:
         self.params = params
 
-    def decide(self, ticks: Sequence[Tick], news: NewsTick, position: int) -> Decision | None:
+    def decide(self, ticks: Sequence[Tick], news: NewsTick, position: int,
+               open_orders: Sequence[OpenOrder]) -> Decision | None:
         """The order to send now, or None.
 
         ``ticks``: the symbol's last ``history`` ticks, oldest first, every one
-        of them (fewer only when fewer exist); ``position``: signed, counting
-        acknowledged and pending orders.
+        of them (fewer only when fewer exist); ``position``: signed, what has
+        filled; ``open_orders``: the rule's orders in this symbol that may still
+        fill (sent and not yet ended), oldest first.
         """
         raise NotImplementedError
 
+    def cancels(self, ticks: Sequence[Tick], news: NewsTick, open_orders: Sequence[OpenOrder]) -> Sequence[str]:
+        """The order_ids of ``open_orders`` to cancel now (asked before ``decide`` on each news tick;
+        an order whose cancel is on its way is not cancelled twice). None by default."""
+        return ()
 
-def to_target(target: int, position: int) -> Decision | None:
-    """The order that moves ``position`` to ``target``, or None if it is there."""
+
+def to_target(target: int, position: int, price: float | None = None, ord_type: OrdType | None = None,
+              tif: Tif | None = None) -> Decision | None:
+    """The order that moves ``position`` to ``target`` (with this price, type and tif), or None if it is there."""
     diff = target - position
     if diff == 0:
         return None
-    return Decision("BUY", diff) if diff > 0 else Decision("SELL", -diff)
+    return Decision("BUY" if diff > 0 else "SELL", abs(diff), price, ord_type, tif)
 
 
 # --- the rule of contract §7 --------------------------------------------------
@@ -146,21 +194,28 @@ class MovingAverageSentiment(Rule):
         super().__init__(params)
         self.history = params.long_window
 
-    def decide(self, ticks: Sequence[Tick], news: NewsTick, position: int) -> Decision | None:
-        return decide([t.price for t in ticks], news.sentiment, position, self.params)
+    def decide(self, ticks: Sequence[Tick], news: NewsTick, position: int,
+               open_orders: Sequence[OpenOrder] = ()) -> Decision | None:
+        # What is open counts as done: one order per signal, as before the venue (market orders
+        # by default fill or end at once; a resting limit order is never repeated).
+        return decide([t.price for t in ticks], news.sentiment, exposure(position, open_orders), self.params)
 
 
-# --- an example of a rule of your own -----------------------------------------
+# --- an example of a rule of your own: it rests limit orders ------------------
 
 
 @dataclass(frozen=True)
 class MeanReversionParams:
-    """The window of the z-score, its entry and exit levels, the target quantity."""
+    """The window of the z-score, its entry and exit levels, the target quantity, and how its
+    resting orders are priced and when they are cancelled."""
 
     window: int = 20
     entry_z: float = 2.0  # |z| above this: trade against the move
     exit_z: float = 0.5  # |z| below this: go flat
     qty: int = 10
+    offset_bps: float = 0.0  # rest this far inside the last price: a buy at p(1 - o), a sell at p(1 + o)
+    max_age: int = 5  # cancel an order still open after this many news ticks of its symbol
+    max_away_bps: float = 50.0  # cancel an order priced further than this from the last price
 
     def __post_init__(self) -> None:
         if self.window < 2:
@@ -169,6 +224,12 @@ class MeanReversionParams:
             raise ValueError("exit_z: need 0 <= exit_z <= entry_z")
         if self.qty < 1:
             raise ValueError("qty: must be >= 1")
+        if not 0 <= self.offset_bps < 10_000:
+            raise ValueError("offset_bps: need 0 <= offset_bps < 10000")
+        if self.max_age < 1:
+            raise ValueError("max_age: must be >= 1")
+        if self.max_away_bps <= 0:
+            raise ValueError("max_away_bps: must be > 0")
 
 
 def zscore(prices: Sequence[float]) -> float | None:
@@ -178,9 +239,18 @@ def zscore(prices: Sequence[float]) -> float | None:
     return None if sd == 0 else (prices[-1] - mean) / sd
 
 
+def away_bps(price: float | None, last: float) -> float:
+    """How far ``price`` is from ``last``, in basis points of ``last`` (a market order's: 0)."""
+    return 0.0 if price is None else abs(price - last) / last * 10_000
+
+
 class MeanReversion(Rule):
-    """Fade a stretched price: short above ``entry_z``, long below ``-entry_z``,
-    flat once back within ``exit_z``; the news tick only says when to look."""
+    """Fade a stretched price with a resting limit order: buy below ``-entry_z``, sell above
+    ``entry_z``, flat once back within ``exit_z``; the news tick only says when to look.
+
+    One order at a time per symbol: while one is open it waits, and cancels it once it is
+    ``max_age`` news ticks old or ``max_away_bps`` from the price; then decides afresh.
+    """
 
     Params = MeanReversionParams  # type: ignore[assignment]
     params: MeanReversionParams
@@ -189,17 +259,27 @@ class MeanReversion(Rule):
         super().__init__(params)
         self.history = params.window
 
-    def decide(self, ticks: Sequence[Tick], news: NewsTick, position: int) -> Decision | None:
+    def cancels(self, ticks: Sequence[Tick], news: NewsTick, open_orders: Sequence[OpenOrder]) -> list[str]:
         p = self.params
-        if len(ticks) < p.window:
+        last = ticks[-1].price
+        return [o.order_id for o in open_orders if o.age >= p.max_age or away_bps(o.price, last) > p.max_away_bps]
+
+    def decide(self, ticks: Sequence[Tick], news: NewsTick, position: int,
+               open_orders: Sequence[OpenOrder]) -> Decision | None:
+        p = self.params
+        if open_orders or len(ticks) < p.window:
             return None
         z = zscore([t.price for t in ticks])
         if z is None:
             return None
         if z > p.entry_z:
-            return to_target(-p.qty, position)
-        if z < -p.entry_z:
-            return to_target(p.qty, position)
-        if abs(z) < p.exit_z:
-            return to_target(0, position)
-        return None
+            target = -p.qty
+        elif z < -p.entry_z:
+            target = p.qty
+        elif abs(z) < p.exit_z:
+            target = 0
+        else:
+            return None
+        last, o = ticks[-1].price, p.offset_bps / 10_000
+        price = round(last * (1 - o) if target > position else last * (1 + o), 2)
+        return to_target(target, position, price, "limit", "day")

@@ -1,11 +1,18 @@
 """strategy: consumes news and, on each news tick, asks its rule with the
-symbol's last ticks from the book's ring; sends the rule's orders.
+symbol's last ticks from the book's ring; sends the rule's orders and cancels.
 
 No polling: the loop waits on its sockets, and reads the ring only when news
 arrives, so a window holds every tick at any rate and an idle strategy costs
 nothing. Housekeeping (staleness, the segment, heartbeats) runs on a coarse
 timer. Orders are tracked until acked; after a reconnect the pending ones are
 resent with the same ids, and no new order is made until they are answered.
+
+Its position is what filled (contract §9): each ``exec`` from the venue, by way
+of the ordermanager, moves it, and keeps the order's ``cum_qty`` and
+``leaves_qty`` until the exec that ends it. It remembers the highest
+``exec_id`` it has seen and logs on again with it, so the ordermanager sends
+what it missed; after a process start it takes positions and open orders from
+``logon_ack`` instead.
 """
 
 from __future__ import annotations
@@ -13,9 +20,13 @@ from __future__ import annotations
 import dataclasses
 import gc
 import importlib
+import inspect
+import math
 import secrets
 import time
 import traceback
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -26,8 +37,11 @@ from shared.book import BookError, Segment
 from shared.net import Client, Conn, Loop, Retry, Sequence, backoff
 from shared.protocol import (
     PROTO,
+    TERMINAL,
     Ack,
     BadMessage,
+    Cancel,
+    Exec,
     Heartbeat,
     Hello,
     Logon,
@@ -38,13 +52,13 @@ from shared.protocol import (
     Reject,
     frame,
 )
-from shared.rule import Decision
+from shared.rule import Decision, OpenOrder, OrdType, Side, Tif, exposure
 
 HOUSEKEEPING_S = 0.1  # staleness, the segment, reconnects and heartbeats: at most this far apart,
 # and at most half a heartbeat interval apart
 
 _news_decoder = msgspec.json.Decoder(News | Hello | Heartbeat | Reject)
-_om_decoder = msgspec.json.Decoder(Ack | Reject | LogonAck | Heartbeat)
+_om_decoder = msgspec.json.Decoder(Exec | Ack | Reject | LogonAck | Heartbeat)
 REFUSED_BASE_S, REFUSED_CAP_S = 0.5, 30.0  # backoff after a refused logon
 
 
@@ -89,6 +103,60 @@ def load_rule(st: config_mod.Strategy) -> Any:
     return rule
 
 
+def takes_open_orders(rule: Any) -> bool:
+    """Whether the rule's ``decide`` takes ``open_orders`` (a fourth argument); one that takes
+    three is of the interface before the venue, and gets its open orders counted in ``position``."""
+    try:
+        sig = inspect.signature(rule.decide)
+    except (TypeError, ValueError):
+        return True
+    kinds = [p.kind for p in sig.parameters.values()]
+    positional = sum(k in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p, k in
+                     zip(sig.parameters.values(), kinds, strict=True))
+    return inspect.Parameter.VAR_POSITIONAL in kinds or positional >= 4
+
+
+_SIDES = ("BUY", "SELL")
+
+
+def checked(d: Any) -> Decision | None:
+    """A rule's answer as a Decision, or None if it is not one (a plain (side, qty) tuple will do)."""
+    if not isinstance(d, tuple) or not 2 <= len(d) <= 5:
+        return None
+    d = Decision(*d)
+    if (d.side not in _SIDES or type(d.qty) is not int or d.qty <= 0
+            or d.ord_type not in (None, "limit", "market") or d.tif not in (None, "day", "ioc")
+            or (d.price is not None and not (type(d.price) in (int, float) and math.isfinite(d.price)
+                                             and d.price > 0))):
+        return None
+    return d
+
+
+def protection(price: float, side: str) -> float:
+    """A market order's protection price (VENUE.md): 1 % through the book's price, to the cent."""
+    return round(price * (1.01 if side == "BUY" else 0.99), 2)
+
+
+@dataclass(slots=True)
+class Working:
+    """One of our orders not yet ended: sent (perhaps not yet acked) or open at the venue."""
+
+    order_id: str
+    symbol: str
+    side: Side
+    qty: int
+    price: float | None
+    born: int  # the symbol's news count when it was sent (or when we learned of it)
+    cum_qty: int = 0
+    leaves_qty: int = 0
+    canceling: bool = False
+
+    def view(self, now: int) -> OpenOrder:
+        """As a rule sees it, at the symbol's news count ``now``."""
+        return OpenOrder(self.order_id, self.side, self.qty, self.price, self.cum_qty, self.leaves_qty,
+                         now - self.born, self.canceling)
+
+
 def rule_for(cfg: config_mod.Config, spec: config_mod.Strategy) -> Any:
     """The strategy's rule, built from its table; ConfigError if it cannot be,
     or if it wants more ticks than the ring keeps."""
@@ -106,6 +174,7 @@ class Trader:
         self.cfg = cfg
         self.spec = cfg.strategy_named(name)
         self.rule = rule_for(cfg, self.spec)
+        self.open_aware = takes_open_orders(self.rule)
         self.client_id = self.spec.client_id
         self.log = log = log.bind(client_id=self.client_id)
         log.info("rule", rule=self.spec.rule, params=repr(self.rule.params), history=self.rule.history)
@@ -129,8 +198,14 @@ class Trader:
         self.attach = Retry(log, "segment_wait", segment=cfg.book.segment)
         self.next_check = 0.0
         self.generation = -1
-        self.positions = {s: 0 for s in cfg.symbols}  # acknowledged
-        self.pending: dict[str, Order] = {}
+        self.positions = {s: 0 for s in cfg.symbols}  # filled
+        self.orders: dict[str, Working] = {}  # not yet ended, oldest first
+        self.pending: dict[str, Order] = {}  # sent, not yet acked: resent after a logon
+        self.last_exec_id: int | None = None  # the highest exec_id we know of (None after a process start)
+        self.asked: int | None = None  # the last_exec_id of our last logon
+        self.seen = 0  # the highest exec_id received on this connection (or asked for): one not above is a repeat
+        self.counted = 0  # execs up to this exec_id are in the figures logon_ack gave
+        self.news_count: Counter[str] = Counter()  # news ticks seen per symbol: the orders' age
         self.resending: set[str] = set()
         self.logged_on = False
         self.instance = secrets.token_hex(8)  # this process, at the ordermanager (shared.owners)
@@ -205,19 +280,21 @@ class Trader:
             self.news.refuse(r.reason)
 
     def position(self, symbol: str) -> int:
-        """Acknowledged plus pending, signed."""
-        pos = self.positions.get(symbol, 0)
-        for o in self.pending.values():
-            if o.symbol == symbol:
-                pos += o.qty if o.side == "BUY" else -o.qty
-        return pos
+        """What has filled, signed."""
+        return self.positions.get(symbol, 0)
+
+    def open_orders(self, symbol: str) -> list[OpenOrder]:
+        """Our orders in ``symbol`` that may still fill, oldest first, as a rule sees them."""
+        now = self.news_count[symbol]
+        return [o.view(now) for o in self.orders.values() if o.symbol == symbol]
 
     def _on_tick(self, news: News) -> None:
+        self.news_count[news.symbol] += 1
         seg = self.seg
         if seg is None or self._check_stale():
             return
         if not self.logged_on or self.resending or self.om.conn is None:
-            return  # link down or resynchronising: no new orders
+            return  # link down or resynchronising: no new orders, no cancels
         slot = seg.slots[news.symbol]
         ticks = seg.ticks(slot, self.rule.history)
         if ticks is None:  # the writer lapped us or kept the slot busy: say so, decide nothing
@@ -225,8 +302,16 @@ class Trader:
             return
         if not ticks:
             return  # never priced
+        position = self.position(news.symbol)
         try:
-            d = self.rule.decide(ticks, news, self.position(news.symbol))
+            if self.open_aware:
+                open_orders = self.open_orders(news.symbol)
+                if open_orders:
+                    self._cancel(self.rule.cancels(ticks, news, open_orders), news)
+                    open_orders = self.open_orders(news.symbol)
+                d = self.rule.decide(ticks, news, position, open_orders)
+            else:  # a rule of the interface before the venue: what is open counts as filled
+                d = self.rule.decide(ticks, news, exposure(position, self.open_orders(news.symbol)))
         except Exception as e:
             self.log.error("rule_failed", rule=self.spec.rule, error=f"{type(e).__name__}: {e}",
                            symbol=news.symbol, news_seq=news.seq, sentiment=news.sentiment, news_ts_ns=news.ts_ns,
@@ -234,22 +319,42 @@ class Trader:
             return
         if d is None:
             return
-        if not (isinstance(d, tuple) and len(d) == 2 and d[0] in ("BUY", "SELL") and type(d[1]) is int
-                and d[1] > 0):
-            self.log.error("rule_failed", rule=self.spec.rule, error=f"not a Decision(side, qty > 0): {d!r}",
-                           symbol=news.symbol, news_seq=news.seq, sentiment=news.sentiment, news_ts_ns=news.ts_ns)
+        ok = checked(d)
+        if ok is None:
+            self.log.error("rule_failed", rule=self.spec.rule, error=f"not a Decision(side, qty > 0, price > 0 or "
+                           f"None, ord_type, tif): {d!r}", symbol=news.symbol, news_seq=news.seq,
+                           sentiment=news.sentiment, news_ts_ns=news.ts_ns)
             return
-        self._send(news, Decision(*d), ticks[-1].price, ticks[0].tick_seq, ticks[-1].tick_seq, len(ticks))
+        self._send(news, ok, ticks[-1].price, ticks[0].tick_seq, ticks[-1].tick_seq, len(ticks))
 
-    def _send(self, news: News, d: Decision, price: float, first: int, last: int, n: int) -> None:
+    def _cancel(self, order_ids: Any, news: News) -> None:
+        """Send a cancel for each of these open orders of ours that has none on its way."""
+        assert self.om.conn is not None
+        for oid in order_ids:
+            o = self.orders.get(oid)
+            if o is None or o.canceling or o.symbol != news.symbol:
+                continue
+            o.canceling = True
+            self.om.conn.write(frame(Cancel(order_id=oid)))
+            logs.hot("cancel_sent", client_id=self.client_id, order_id=oid, symbol=o.symbol, side=o.side,
+                     leaves_qty=o.leaves_qty, price=o.price, age=self.news_count[o.symbol] - o.born)
+
+    def _send(self, news: News, d: Decision, book_px: float, first: int, last: int, n: int) -> None:
         assert self.om.conn is not None
         self.n += 1
+        ord_type: OrdType = d.ord_type or ("limit" if self.spec.ord_type == "limit" else "market")
+        market = ord_type == "market"
+        price = d.price if d.price is not None else protection(book_px, d.side) if market else book_px
+        tif: Tif = "ioc" if market else d.tif or "day"  # a market order is ioc at the venue anyway
         order = Order(order_id=f"{self.client_id}-{self.n}", symbol=news.symbol, side=d.side, qty=d.qty,
-                      price=price, ts_ns=time.time_ns(), tick_ts_ns=news.ts_ns)
+                      price=price, ts_ns=time.time_ns(), tick_ts_ns=news.ts_ns, ord_type=ord_type, tif=tif)
         self.pending[order.order_id] = order
+        self.orders[order.order_id] = Working(order.order_id, order.symbol, d.side, d.qty, price,
+                                              self.news_count[news.symbol], leaves_qty=d.qty)
         self.om.conn.write(frame(order))
         logs.hot("order_sent", client_id=self.client_id, order_id=order.order_id, symbol=order.symbol, side=d.side,
-                 qty=d.qty, price=price, sentiment=news.sentiment, ticks=n, first_tick_seq=first, last_tick_seq=last)
+                 qty=d.qty, price=price, ord_type=ord_type, tif=tif, sentiment=news.sentiment, ticks=n,
+                 first_tick_seq=first, last_tick_seq=last)
 
     # --- order entry ----------------------------------------------------------
 
@@ -261,42 +366,109 @@ class Trader:
             self.log.error("token_unreadable", error=str(e))
             conn.close("no_token")
             return
-        conn.write(frame(Logon(proto=PROTO, client_id=self.client_id, token=token, instance=self.instance)))
+        self.asked = self.last_exec_id
+        conn.write(frame(Logon(proto=PROTO, client_id=self.client_id, token=token, instance=self.instance,
+                               last_exec_id=self.asked)))
 
     def _om_down(self, reason: str) -> None:
         self.logged_on = False
 
     def _on_om(self, conn: Conn, msg: Message | BadMessage) -> None:
         t = type(msg)
-        if t is Ack:
+        if t is Exec:
+            self._on_exec(msg)  # type: ignore[arg-type]
+        elif t is Ack:
             a: Ack = msg  # type: ignore[assignment]
-            o = self.pending.pop(a.order_id, None)
+            self.pending.pop(a.order_id, None)
             self.resending.discard(a.order_id)
-            # A duplicate was journaled before our logon, so logon_ack counted it.
-            if o is not None and not a.duplicate:
-                self.positions[o.symbol] = self.positions.get(o.symbol, 0) + (o.qty if o.side == "BUY" else -o.qty)
             self.log.info("order_acked", order_id=a.order_id, order_no=a.order_no, duplicate=a.duplicate)
         elif t is Reject:
             r: Reject = msg  # type: ignore[assignment]
             if not self.logged_on:
                 self._refused(r)
-                return
-            if r.order_id is not None:
-                self.pending.pop(r.order_id, None)
-                self.resending.discard(r.order_id)
-            self.log.warning("order_refused", order_id=r.order_id, reason=r.reason, detail=r.detail)
+            elif r.reason == "unknown_order":
+                self._cancel_refused(r)
+            else:
+                if r.order_id is not None:
+                    self.pending.pop(r.order_id, None)
+                    self.orders.pop(r.order_id, None)
+                    self.resending.discard(r.order_id)
+                self.log.warning("order_refused", order_id=r.order_id, reason=r.reason, detail=r.detail)
         elif t is LogonAck:
-            la: LogonAck = msg  # type: ignore[assignment]
-            self.logged_on = True
-            self.refusals = 0
-            self.om_hb_s = la.heartbeat_ms / 1000
+            self._logged_on(conn, msg)  # type: ignore[arg-type]
+
+    def _logged_on(self, conn: Conn, la: LogonAck) -> None:
+        self.logged_on = True
+        self.refusals = 0
+        self.om_hb_s = la.heartbeat_ms / 1000
+        self.n = max(self.n, order_number(la.last_order_id, self.client_id))
+        # After a process start (no exec seen), or when the ordermanager says up to which exec its
+        # figures go, they are the truth; the execs it sends next that are not above that are in them.
+        # Else it sends what we missed, and our own figures plus those execs are the truth.
+        resync = self.last_exec_id is None or la.last_exec_id is not None
+        if resync:
             self.positions = {s: 0 for s in self.cfg.symbols} | dict(la.positions)
-            self.n = max(self.n, order_number(la.last_order_id, self.client_id))
-            self.resending = set(self.pending)
-            self.log.info("logged_on", session=la.session, positions=la.positions,
-                          last_order_id=la.last_order_id, resending=len(self.resending))
-            if self.pending:
-                conn.write(b"".join(frame(o) for o in self.pending.values()))
+            old = self.orders
+            listed = {o.order_id: o for o in la.open_orders}
+            self.orders = {}
+            for o in la.open_orders:
+                w = old.get(o.order_id)
+                born = w.born if w is not None else self.news_count[o.symbol]
+                self.orders[o.order_id] = Working(o.order_id, o.symbol, o.side, o.qty, o.price, born, o.cum_qty,
+                                                  o.leaves_qty)
+            for oid in self.pending:  # sent and not acked: it may be news to the ordermanager
+                if oid not in listed and oid in old:
+                    self.orders[oid] = old[oid]
+            if la.last_exec_id is not None and self.last_exec_id is None:
+                # after a start only: on a reconnect we go on asking from the last exec we *received*,
+                # so one that logon_ack's figures hold but a cut link never brought is still sent
+                self.last_exec_id = la.last_exec_id
+        self.counted = la.last_exec_id or 0  # (None when we keep our own figures: none are counted)
+        self.seen = self.asked or 0
+        for w in self.orders.values():
+            w.canceling = False  # a cancel may have been lost with the link: the rule asks again
+        self.resending = set(self.pending)
+        self.log.info("logged_on", session=la.session, positions=la.positions, last_order_id=la.last_order_id,
+                      open_orders=len(la.open_orders), last_exec_id=self.last_exec_id, resync=resync,
+                      resending=len(self.resending))
+        if self.pending:
+            conn.write(b"".join(frame(o) for o in self.pending.values()))
+
+    def _on_exec(self, e: Exec) -> None:
+        """One execution report: the position moves by its fill; the order keeps cum/leaves until it ends."""
+        if e.exec_id <= self.seen:
+            self.log.warning("exec_duplicate", order_id=e.order_id, exec_id=e.exec_id, seen=self.seen)
+            return
+        counted = e.exec_id <= self.counted
+        logs.hot("exec_received", client_id=self.client_id, order_id=e.order_id, exec_id=e.exec_id,
+                 status=e.status, symbol=e.symbol, side=e.side, last_qty=e.last_qty, last_px=e.last_px,
+                 cum_qty=e.cum_qty, leaves_qty=e.leaves_qty, counted=counted)
+        self.seen = e.exec_id
+        self.last_exec_id = max(self.last_exec_id or 0, e.exec_id)
+        w = self.orders.get(e.order_id)
+        if counted:  # in logon_ack's figures already; an order it did not list (one we had sent) ends here
+            if e.status in TERMINAL:
+                self.orders.pop(e.order_id, None)
+            return
+        if e.last_qty:
+            self.positions[e.symbol] = self.positions.get(e.symbol, 0) + (e.last_qty if e.side == "BUY"
+                                                                          else -e.last_qty)
+        if e.status in TERMINAL:
+            self.orders.pop(e.order_id, None)
+        elif w is not None:
+            w.cum_qty, w.leaves_qty = e.cum_qty, e.leaves_qty
+        else:  # an order we had no record of (one the ordermanager did not list): learn it from its exec
+            self.orders[e.order_id] = Working(e.order_id, e.symbol, e.side, e.cum_qty + e.leaves_qty, None,
+                                              self.news_count[e.symbol], e.cum_qty, e.leaves_qty)
+
+    def _cancel_refused(self, r: Reject) -> None:
+        """``unknown_order`` for one of our cancels: the order ended before the cancel reached it
+        (its last exec has come, or comes), or the ordermanager never had it."""
+        w = self.orders.get(r.order_id or "")
+        if w is not None:
+            w.canceling = False
+        self.log.info("cancel_refused", order_id=r.order_id, reason=r.reason, detail=r.detail,
+                      still_open=w is not None)
 
     def _refused(self, r: Reject) -> None:
         """Our logon refused (a bad token, or a newer process took our client_id
@@ -310,8 +482,12 @@ class Trader:
     # --- the loop -------------------------------------------------------------
 
     def step(self) -> None:
-        # Wait on the sockets only: news wakes us; the timer does the housekeeping.
-        self.loop.run_once(self.next_check - time.monotonic())
+        # Wait on the sockets only: news wakes us; the timer does the housekeeping, and buffered
+        # log lines (an order sent, its execs) are written within logs.LINGER_S, not at the next timer.
+        now = time.monotonic()
+        due = logs.due_in(now)
+        wait = self.next_check - now
+        self.loop.run_once(wait if due is None else min(wait, due))
         now = time.monotonic()
         if now >= self.next_check:
             self.next_check = now + self.period
@@ -344,5 +520,7 @@ class Trader:
         self.om.close()
         if self.pending:
             self.log.warning("pending_at_stop", order_ids=sorted(self.pending))
+        if self.orders:
+            self.log.info("open_at_stop", order_ids=list(self.orders), last_exec_id=self.last_exec_id)
         if self.seg is not None:
             self.seg.close()

@@ -16,8 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
+from shared.execstate import decode_line
 from shared.ops import audit
 from shared.ops.harness import Stack
 from shared.ops.peer import OrderClient
@@ -163,7 +165,31 @@ def test_summarize_and_render_name_every_program() -> None:
     json.dumps(s)  # a plain JSON document
 
 
+def test_summarize_json_keeps_its_keys_and_adds_open_orders_and_fills() -> None:
+    """Contract §8's keys stay; §9 adds ``clients[<cid>].open_orders`` and per symbol ``open_buy`` and
+    ``open_sell``; ``orders`` counts execs and fills; ``open_orders`` and ``fills`` list them."""
+    journal = [entry(1, "a", 100), entry(2, "b", 100), entry(3, "z", 100, client="other")]
+    lines = [decode_line(orjson.dumps({"type": "exec", "order_id": oid, "exec_id": i, "status": st, "last_qty": q,
+                                       "last_px": px, "cum_qty": q, "leaves_qty": left, "avg_px": px, "ts_ns": 5,
+                                       "symbol": "AAPL", "side": "BUY", "client_id": "c", "order_no": no}))
+             for i, (oid, no, st, q, px, left) in enumerate([("a", 1, "new", 0, None, 1), ("a", 1, "filled", 1, 1.5, 0),
+                                                             ("b", 2, "new", 0, None, 1)], 1)]
+    s = audit.summarize({}, [], journal, {"AAPL": 2.0}, execs=lines)
+    assert {"programs", "reconnects", "bad_frames", "rejects", "orders", "clients", "halts"} <= set(s)
+    c = s["clients"]["c"]
+    assert {"realized", "unrealized", "total", "symbols", "open_orders"} <= set(c) and c["open_orders"] == 1
+    assert c["symbols"]["AAPL"] == {"position": 1, "avg_price": 1.5, "realized": 0.0, "unrealized": 0.5,
+                                    "total": 0.5, "mark": 2.0, "open_buy": 1, "open_sell": 0}
+    assert s["clients"]["other"]["open_orders"] == 1  # accepted, no exec yet: open, to be routed
+    assert (s["orders"]["execs"], s["orders"]["fills"], s["orders"]["exec_duplicates"]) == (3, 1, 0)
+    assert [o["order_id"] for o in s["open_orders"]] == ["b", "z"] and s["fills"][0]["bought"] == 1
+    json.dumps(s)
+
+
 @pytest.mark.parametrize("source,record,want", [
+    ("ordermanager", rec("order_filled", order_id="s-1", client_id="s", exec_id=3, last_qty=4, last_px=99.5,
+                         cum_qty=4, status="partially_filled"),
+     "12:00:00.000 ordermanager: partially_filled s s-1: 4 @ 99.5 (cum 4)"),
     ("ordermanager", rec("order_received", msg="Received Order 12: BUY 10 AAPL @ 173.20", order_no=12),
      "12:00:00.000 ordermanager: Received Order 12: BUY 10 AAPL @ 173.20"),
     ("strategy", rec("reconnected", peer="h:1", stream="news", attempts=2, down_ms=12.5),

@@ -10,25 +10,33 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from shared.config import ROOT
 
 ROWS = [
-    "two-hop floor p50 / p99", "tick-to-trade p50 strategy ", "tick-to-trade p99 strategy-s4",
+    "two-hop floor p50 / p99", "4-relay floor p50 / p99", "tick-to-trade p50 strategy (µs), 1 strategy",
+    "tick-to-trade p50 strategy (µs), 4 strategies", "tick-to-trade p99 strategy-s4 (µs), 4 strategies",
     "strategy windows at 50,000 ticks/s", "idle strategy, no news",
-    "tick-to-trade p50", "tick-to-trade p99 ", "tick-to-trade p99.9", "tick-to-trade max", "tick-to-trade mean",
-    "tick-to-trade samples", "price feed into the book", "price feed gaps / slow-consumer drops / lost",
+    "tick-to-trade p99.9 (µs), 1 strategy together", "tick-to-trade max (µs), 4 strategies together",
+    "tick-to-trade mean",
+    "tick-to-trade samples, 1 strategy", "tick-to-trade samples, 4 strategies", "price feed into the book",
+    "price feed gaps / slow-consumer drops / lost",
     "tick → book p50", "tick → book p99", "ordermanager, 4 pipelining clients", "ordermanager orders acked / journaled",
+    "order entry, one outside client, 4 × 2,500 orders pipelined", "order entry acked / journaled",
     "book read from Python", "RSS gateway", "RSS orderbook", "RSS strategy", "RSS ordermanager", "RSS bootstrap",
     "RSS auditor", "RSS ordermanager after", "book segment", "book bytes per symbol",
     "recovery kill -9 gateway → book fresh p50", "recovery kill -9 gateway → book fresh p99",
     "recovery kill -9 ordermanager → acks flow p50", "recovery kill -9 ordermanager → acks flow p99",
+    "backtest of the §7 rule", "backtest peak RSS",
+    "RSS exchange", "matching engine, ", "exchange restart, 10,000 resting, ",
 ]
 NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?")
 
 
-def _number(cell: str) -> float:
+def _number(cell: str, figure: str = "") -> float:
     m = NUMBER.match(cell.strip())
-    assert m, f"no number in {cell!r}"
+    assert m, f"no number in {cell!r} ({figure})"
     return float(m.group(0).replace(",", ""))
 
 
@@ -45,11 +53,14 @@ def test_bench_quick_report_shape(tmp_path: Path) -> None:
     for name in ROWS:
         assert any(f.startswith(name) for f in figures), f"row {name!r} missing"
     for figure, stack, ref, ratio, seed, _target, verdict in body:
-        _number(stack)
+        _number(stack, figure)
         for cell in (ref, ratio, seed):
             if cell and cell != "–":
-                _number(cell)
+                _number(cell, figure)
         assert verdict in ("", "pass", "FAIL"), (figure, verdict)
+        if figure.startswith("tick-to-trade p50 strategy"):  # each beside the floor of as many relays, judged
+            assert ref.endswith("two-hop floor" if figure.endswith(", 1 strategy") else "4-relay floor"), figure
+            assert verdict, figure
     assert out.read_text().startswith(r.stdout.strip())
     if importlib.util.find_spec("matplotlib"):
         assert out.with_suffix(".png").stat().st_size > 0
@@ -78,3 +89,79 @@ def test_bench_journal_quick_report_shape(tmp_path: Path) -> None:
         _number(stack)
         assert verdict in ("", "pass", "FAIL"), (figure, verdict)
     assert out.read_text().startswith(r.stdout.strip())
+
+
+AB_ROWS = [
+    "two-hop floor p50 / p99", "order entry, one outside client, 4 × 2,500 orders pipelined",
+    "order entry, each run in turn", "order entry acked / rejected / journaled",
+    "tick-to-trade p50, 1 strategy, all strategies", "tick-to-trade p99, 1 strategy, slowest strategy",
+    "tick-to-trade samples, 1 strategy",
+]
+
+
+def _worktrees() -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
+
+
+def test_bench_against_head_quick(tmp_path: Path) -> None:
+    """deploy/bench --quick --against HEAD: both sides run, each on its own tree's code, every order
+    answered and journaled once; the worktree is gone afterwards."""
+    out = tmp_path / "ab.md"
+    r = subprocess.run([str(ROOT / "deploy" / "bench"), "--quick", "--against", "HEAD", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=280)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("|")]
+    assert lines[0].startswith("| figure | this tree | HEAD (")
+    body = {cells[0]: cells for cells in ([c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:])}
+    assert all(len(cells) == 7 for cells in body.values())
+    for name in AB_ROWS:
+        assert any(f.startswith(name) for f in body), f"row {name!r} missing"
+    for figure, cells in body.items():
+        if figure.startswith(("order entry, one", "tick-to-trade p")):
+            for cell in (cells[1], cells[2], cells[3]):
+                _number(cell)
+        if figure.startswith("tick-to-trade p"):
+            assert cells[4].endswith("two-hop floor"), figure
+            _number(cells[5]), _number(cells[6])
+    counts = next(cells for f, cells in body.items() if f.startswith("order entry acked"))
+    assert counts[1] == counts[2] == "10,000 / 0 / 10,000", counts
+    notes = out.read_text()
+    assert notes.startswith(r.stdout.strip())
+    this, other = re.findall(r"code from (\S+)/shared \(", notes)
+    assert Path(this) == ROOT and Path(other) != ROOT and "tsab" in other, notes
+    assert other not in _worktrees()
+    assert not Path(other).exists()
+
+
+def test_worktree_removed_on_failure() -> None:
+    """The A/B worktree goes even when the run inside it fails; a bad revision makes none."""
+    from shared.ops.bench.ab import SideError, worktree
+
+    seen = []
+    with pytest.raises(RuntimeError, match="inside"), worktree("HEAD") as (tree, sha):
+        seen.append(tree)
+        assert (tree / "shared" / "ops" / "bench" / "ab.py").exists() and len(sha) == 40
+        assert str(tree) in _worktrees()
+        raise RuntimeError("inside")
+    assert not seen[0].exists() and str(seen[0]) not in _worktrees()
+    before = _worktrees()
+    with pytest.raises(SideError, match="rev-parse"), worktree("no-such-revision-xyz"):
+        pass
+    assert _worktrees() == before
+
+
+def test_suite_table_has_a_row_per_figure() -> None:
+    """deploy/bench --suite's table, from results of the shape its run returns (its parts run live
+    in the tests whose thresholds they took over: test_ring, test_badinput, test_faults)."""
+    from shared.ops.bench import suite
+
+    res = {"load": 1.0, "ring": {"ticks_per_s": 1e5, "readers": [
+               {"want": 20, "windows": 3000, "unavailable": 3, "seconds": 3.0}]},
+           "acks": {"quiet": {"p50": 1.0, "p99": 2.0, "max": 3.0, "n": 10},
+                    "barrage": {"p50": 4.0, "p99": 5.0, "max": 6.0, "n": 10}, "frames": 500},
+           "kill_switch": {"beyond_ms": [12.0, 30.0], "stale_ms": 500}, "hb_100": 0, "hb_250": 1}
+    table = suite.table(res)
+    assert "| tick ring: writer ticks/s beside 2 readers (aiming at 100k) | 100,000 | ≥ 90,000 |" in table
+    assert "| tick ring: 20-tick windows/s (read / could not) | 1,000 / 1.0 |" in table
+    assert "4.0 / 5.0 / 6.0" in table and "| 12 / 30 |" in table
+    assert "| links dropped with no fault at heartbeat_ms = 250 | 1 | 0 |" in table

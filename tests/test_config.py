@@ -13,6 +13,7 @@ from shared import config
 from shared.config import ConfigError
 from shared.rule import MeanReversion, MeanReversionParams, RuleParams
 from shared.strategy import load_rule
+from shared.tape import TapeWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,10 +34,13 @@ def test_shipped_config_loads() -> None:
     assert cfg.ordermanager.journal == "logs/orders.jsonl"
     assert (cfg.book.segment, cfg.book.stale_ms, cfg.book.ring_len) == ("tradestack_book", 500, 256)
     st = cfg.strategy
-    assert (st.client_id, st.rule, st.symbols, st.program) == (
-        "strategy-1", "shared.rule:MovingAverageSentiment", (), "strategy")
+    assert (st.client_id, st.rule, st.symbols, st.program, st.ord_type) == (
+        "strategy-1", "shared.rule:MovingAverageSentiment", (), "strategy", "market")
     assert load_rule(st).params == RuleParams(short_window=5, long_window=20, bullish=60, bearish=40, qty=10)
     assert cfg.strategies == {}  # the shipped config runs the one program "strategy"
+    x = cfg.exchange  # contract §9
+    assert (x.host, x.port, x.spread_bps, x.depth, x.journal) == ("127.0.0.1", 8003, 2.0, 100, "logs/exchange.jsonl")
+    assert cfg.link("exchange") == ("127.0.0.1", 8003)
     assert cfg.path == str(ROOT / "deploy" / "stack.toml")
 
 
@@ -93,6 +97,8 @@ BAD = [
     ("rule_not_str", "[strategy]\nrule = 3\n", "strategy.rule"),
     ("strategy_symbols_unknown", '[strategies.a]\nsymbols = ["AAPL", "TSLA"]\n', "strategies.a.symbols"),
     ("strategy_symbols_empty", "[strategies.a]\nsymbols = []\n", "strategies.a.symbols"),
+    ("ord_type_unknown", '[strategy]\nord_type = "stop"\n', "strategy.ord_type: must be 'market' or 'limit'"),
+    ("ord_type_not_str", "[strategies.a]\nord_type = 1\n", "strategies.a.ord_type"),
     ("strategy_param_table", "[strategies.a]\n[strategies.a.x]\ny = 1\n", "strategies.a.x"),
     ("segment_with_slash", '[book]\nsegment = "a/b"\n', "book.segment"),
     ("stale_ms_zero", "[book]\nstale_ms = 0\n", "book.stale_ms"),
@@ -107,6 +113,28 @@ BAD = [
     ("roll_at_one_digit", '[ordermanager]\njournal_roll_at = "7:30"\n', "ordermanager.journal_roll_at"),
     ("roll_at_not_a_string", "[ordermanager]\njournal_roll_at = 1730\n", "ordermanager.journal_roll_at"),
     ("not_toml", "symbols = [AAPL\n", "not valid TOML"),
+    ("tape_missing", '[gateway]\ntape = "no/such.tape"\n', "gateway.tape: " + str(ROOT / "no/such.tape")
+     + ": cannot read: No such file or directory"),
+    ("tape_not_a_tape", '[gateway]\ntape = "deploy/stack.toml"\n', "gateway.tape: " + str(ROOT / "deploy/stack.toml")
+     + ": not a tape"),
+    ("tape_and_replay", '[gateway]\ntape = "t"\nreplay = "r.csv"\n', "gateway.tape: set gateway.tape or"),
+    ("tape_not_str", "[gateway]\ntape = 1\n", "gateway.tape: expected str"),
+    ("speed_negative", "[gateway]\nspeed = -1\n", "gateway.speed: must not be negative"),
+    ("speed_not_number", '[gateway]\nspeed = "fast"\n', "gateway.speed: expected float"),
+    ("exchange_port", "[exchange]\nport = 70000\n", "exchange.port: port 70000 out of range"),
+    ("exchange_port_type", '[exchange]\nport = "8003"\n', "exchange.port: expected int"),
+    ("exchange_spread_negative", "[exchange]\nspread_bps = -1\n", "exchange.spread_bps: must not be negative"),
+    ("exchange_spread_huge", "[exchange]\nspread_bps = 20000\n", "exchange.spread_bps: must be below 20000"),
+    ("exchange_spread_nan", "[exchange]\nspread_bps = nan\n", "exchange.spread_bps"),
+    ("exchange_depth_negative", "[exchange]\ndepth = -5\n", "exchange.depth: must not be negative"),
+    ("exchange_depth_float", "[exchange]\ndepth = 1.5\n", "exchange.depth: expected int"),
+    ("exchange_journal_empty", '[exchange]\njournal = ""\n', "exchange.journal"),
+    ("exchange_sync", '[exchange]\njournal_sync = "never"\n', "exchange.journal_sync"),
+    ("exchange_tiny_segment", "[exchange]\njournal_segment_bytes = 10\n", "exchange.journal_segment_bytes"),
+    ("exchange_heartbeat_zero", "[exchange]\nheartbeat_ms = 0\n", "exchange.heartbeat_ms"),
+    ("exchange_unknown_key", "[exchange]\nspreadbps = 1\n", "exchange.spreadbps: unknown key"),
+    ("exchange_off_loopback", '[exchange]\nhost = "10.1.2.3"\n', "exchange.host: 10.1.2.3 is off loopback"),
+    ("links_exchange_no_port", '[links]\nexchange = "127.0.0.1"\n', "links.exchange"),
 ]
 
 
@@ -118,6 +146,21 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, names: str) -> None
     msg = str(e.value)
     assert names in msg
     assert "\n" not in msg
+
+
+def test_a_tape_is_checked_only_where_the_gateway_runs(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, '[gateway]\ntape = "no/such.tape"\nspeed = 0\n[host]\nroles = ["trader"]\n'))
+    assert (cfg.gateway.tape, cfg.gateway.speed) == ("no/such.tape", 0.0)
+    assert config.load(write(tmp_path, "")).gateway.speed == 1.0
+
+
+def test_a_newer_tape_is_named_in_one_line(tmp_path: Path) -> None:
+    TapeWriter(tmp_path / "t.tape", ["AAPL"]).close()
+    with open(tmp_path / "t.tape", "r+b") as f:
+        f.seek(8)
+        f.write((7).to_bytes(4, "little"))
+    with pytest.raises(ConfigError, match=r"^gateway.tape: .*t.tape: tape version 7 is newer than this reader's 1$"):
+        config.load(write(tmp_path, f'[gateway]\ntape = "{tmp_path / "t.tape"}"\n'))
 
 
 @pytest.mark.parametrize(("value", "minute"), [("", None), ("00:00", 0), ("17:30", 1050), ("23:59", 1439)])
@@ -188,9 +231,12 @@ short_window = 3
 [strategies.revert]
 client_id = "mr-1"
 rule = "shared.rule:MeanReversion"
+ord_type = "limit"
 window = 30
 entry_z = 1.5
 '''))
+    assert (cfg.strategy.ord_type, cfg.strategies["momentum"].ord_type) == ("market", "market")  # contract §9
+    assert cfg.strategies["revert"].ord_type == "limit" and "ord_type" not in cfg.strategies["revert"].params
     assert list(cfg.strategies) == ["momentum", "revert"]
     m, r = cfg.strategies["momentum"], cfg.strategies["revert"]
     assert (m.client_id, m.rule, m.symbols, m.program, m.table) == (

@@ -1,6 +1,6 @@
 """The fault-injection suite (issue 3): real supervisord, real daemons, real
-faults from shared/ops/faults.py. Each scenario says what it breaks, checks the
-symptom it must cause, then ends with ``shared.ops.invariants.healed``: every
+faults from shared/ops/chaos/faults.py. Each scenario says what it breaks, checks the
+symptom it must cause, then ends with ``shared.ops.chaos.invariants.healed``: every
 program RUNNING, the book fresh and ticking, the strategy trading again,
 each restart in the audit log, and the journal's invariants.
 
@@ -27,10 +27,11 @@ from typing import Any
 import pytest
 
 from shared import book, config
-from shared.ops import faults
-from shared.ops.faults import Proxy, toxic
+from shared.execjournal import read_lines
+from shared.ops.chaos import faults
+from shared.ops.chaos.faults import Proxy, toxic
+from shared.ops.chaos.invariants import NotHealed, healed, ticks
 from shared.ops.harness import PROGRAMS, Stack
-from shared.ops.invariants import NotHealed, healed, ticks
 from shared.ops.peer import OrderClient
 from shared.protocol import Ack, LogonAck, Order, Reject, frame
 
@@ -101,16 +102,14 @@ def _epoch(iso: str) -> float:
     return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def positions_through(journal: list[dict[str, Any]], client_id: str, order_id: str | None) -> dict[str, int]:
-    """A client's non-zero positions over the journal up to and including ``order_id``."""
+def fills_through(stack: Stack, client_id: str, last_exec_id: int | None) -> dict[str, int]:
+    """A client's non-zero positions from its fills in the exec journal up to ``last_exec_id``."""
     pos: dict[str, int] = defaultdict(int)
-    if order_id is None:
-        return {}
-    for e in journal:
-        if e["client_id"] == client_id:
-            pos[e["symbol"]] += e["qty"] if e["side"] == "BUY" else -e["qty"]
-            if e["order_id"] == order_id:
-                break
+    for x in read_lines(stack.cfg.resolve(stack.cfg.ordermanager.journal)):
+        if x.exec_id > (last_exec_id or 0):
+            break
+        if x.client_id == client_id and x.last_qty:
+            pos[x.symbol] += x.last_qty if x.side == "BUY" else -x.last_qty
     return {s: q for s, q in pos.items() if q}
 
 
@@ -178,7 +177,7 @@ class TestProcesses:
         elif program == "strategy":
             on = since.wait("strategy", "logged_on")[0]
             cid = stack.cfg.strategy.client_id
-            assert on["positions"] == positions_through(stack.journal(), cid, on["last_order_id"])
+            assert on["positions"] == fills_through(stack, cid, on["last_exec_id"])
         elif program == "bootstrap":
             since.wait("bootstrap", "segment_attached")
             assert not since.events("bootstrap", "segment_created")
@@ -213,7 +212,10 @@ class TestProcesses:
         assert old, "the ordermanager was never killed"
         before = dict(acked)
         assert len(before) < n, "the burst ended before the kill: nothing was in flight"
-        # Back: log on again and resend the whole burst, same order_ids.
+        # Back (and its link to the venue too: till then an order is unavailable): log on again and
+        # resend the whole burst, same order_ids.
+        stack.wait_for(lambda: [r for r in stack.events("ordermanager", "venue_logged_on") if r["pid"] != old],
+                       timeout=30)
         c = stack.wait_for(lambda: _logon(host, port, cid, stack.token), timeout=30)
         try:
             c.send_raw(b"".join(frame(o) for o in orders))
@@ -262,7 +264,6 @@ class TestProcesses:
         gen0 = generation(stack)
         frozen_at = time.time()
         faults.freeze(stack, "orderbook", FREEZE_S)
-        thawed_at = time.time()
         t = time.monotonic()
         stale = since.wait("strategy", "book_stale")[0]
         fresh = since.wait("strategy", "book_fresh")[0]
@@ -270,12 +271,14 @@ class TestProcesses:
         assert stale["age_ms"] is None or stale["age_ms"] > stack.cfg.book.stale_ms
         recovered("sigstop_orderbook", stack, t)
         assert stack.pids() == pids and generation(stack) == gen0  # the same writer resumed
-        # The kill switch: no order once the heartbeat is older than stale_ms
-        # (+200 ms from decision to log line) until the writer is back.
-        switch = frozen_at + stack.cfg.book.stale_ms / 1000 + 0.2
-        sent = [r for r in since.events("strategy", "order_sent")
-                if switch < _epoch(r["ts"]) < thawed_at or _epoch(stale["ts"]) < _epoch(r["ts"]) < _epoch(fresh["ts"])]
-        assert not sent, sent
+        # The kill switch, by the order the strategy logged things (it looks at the book's age before
+        # each decision, so the first decision on a stale book logs book_stale): no order between
+        # book_stale and book_fresh. How soon it trips is deploy/bench --suite's figure.
+        log = stack.log("strategy")[since.n["strategy"]:]
+        i, j = log.index(stale), log.index(fresh)
+        assert not [r for r in log[i:j] if r.get("event") == "order_sent"]
+        print(f"\nkill switch: book_stale {(_epoch(stale['ts']) - frozen_at) * 1000:.0f} ms after the freeze "
+              f"(stale_ms {stack.cfg.book.stale_ms})")
 
     def test_torn_journal_line_repaired_at_start(self, stack: Stack) -> None:
         since = Since(stack)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.ops import iomodels
+from shared.ops.bench import iomodels
 
 
 def test_every_relay_carries_every_frame(capsys: pytest.CaptureFixture[str]) -> None:

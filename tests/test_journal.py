@@ -19,9 +19,10 @@ from shared import journal
 from shared.config import ROOT
 from shared.journal import Entry, Journal
 from shared.journalfiles import JournalLocked, read_checkpoint
-from shared.ops import disk
+from shared.ops.chaos import disk
 
-FIELDS = {"order_no", "order_id", "client_id", "symbol", "side", "qty", "price", "ts_ns", "tick_ts_ns", "recv_ns"}
+FIELDS = {"order_no", "order_id", "client_id", "symbol", "side", "qty", "price", "ts_ns", "tick_ts_ns", "recv_ns",
+          "ord_type", "tif"}  # contract §6's, and 1.2's ord_type and tif (a line without them: limit, day)
 
 
 class FakeLog:
@@ -108,7 +109,8 @@ def test_stage_commit_writes_one_line_per_order(path: Path, opened: list[Journal
     got = lines(path)
     assert [set(line) for line in got] == [FIELDS, FIELDS]
     assert got[0] == {"order_no": 1, "order_id": "a-1", "client_id": "c1", "symbol": "AAPL", "side": "BUY",
-                      "qty": 10, "price": 100.25, "ts_ns": 1001, "tick_ts_ns": 901, "recv_ns": 1101}
+                      "qty": 10, "price": 100.25, "ts_ns": 1001, "tick_ts_ns": 901, "recv_ns": 1101,
+                      "ord_type": "limit", "tif": "day"}
     assert (got[1]["order_no"], got[1]["side"], got[1]["qty"]) == (2, "SELL", 3)
     assert path.read_bytes().endswith(b"\n")
 
@@ -327,7 +329,7 @@ def test_rolls_by_size_into_numbered_segments(path: Path, opened: list[Journal])
     log: FakeLog = j.log
     closed = journal.closed_segments(path)
     assert [n for n, _ in closed] == list(range(1, len(closed) + 1)) and len(closed) >= 4
-    line = max(len(x) for x in path.read_bytes().splitlines()) + 1
+    line = max(len(x) for _, p in closed for x in p.read_bytes().splitlines()) + 1
     assert all(2000 <= p.stat().st_size < 2000 + 2 * line for _, p in closed)
     assert [e["order_no"] for e in journal.read(path)] == list(range(1, 61))
     assert journal.segments(path) == [p for _, p in closed] + [path]

@@ -10,9 +10,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.ops import faults
+from shared.ops.chaos import faults
+from shared.ops.chaos.invariants import healed, position_bounds
 from shared.ops.harness import PROGRAMS, Stack
-from shared.ops.invariants import healed, position_bounds
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -37,7 +37,8 @@ def get(samples: Samples, name: str, **labels: str) -> float | None:
 def test_metrics_of_a_running_stack(make_stack: Any) -> None:
     s = make_stack({"gateway": {"seed": 42, "news_rate": 20}})
     s.wait_for(lambda: len(s.journal()) >= 3, timeout=30)
-    m = s.wait_for(lambda: (x := scrape(s)) and get(x, "tradestack_tick_to_trade_seconds_count") and x, 30)
+    m = s.wait_for(lambda: (x := scrape(s)) and get(x, "tradestack_tick_to_trade_seconds_count")
+                   and get(x, "tradestack_order_to_fill_seconds_count") and x, 30)
     assert get(m, "tradestack_supervisor_up") == 1
     for p in PROGRAMS:
         assert get(m, "tradestack_program_up", program=p) == 1, p
@@ -54,6 +55,14 @@ def test_metrics_of_a_running_stack(make_stack: Any) -> None:
     assert get(m, "tradestack_tick_to_trade_seconds_bucket", le="+Inf") == n > 0
     assert get(m, "tradestack_client_halted", client_id=cid) == 0
     assert get(m, "tradestack_client_realized_pnl", client_id=cid) is not None
+    # Contract §9: the §7 strategy's market orders fill at once, so fills follow orders.
+    assert (get(m, "tradestack_fills_total", client_id=cid) or 0) >= 1
+    assert (get(m, "tradestack_filled_shares_total", client_id=cid) or 0) >= 10
+    assert get(m, "tradestack_client_open_orders", client_id=cid) is not None
+    assert 0 < (get(m, "tradestack_client_fill_ratio", client_id=cid) or 0) <= 1
+    n = get(m, "tradestack_order_to_fill_seconds_count") or 0
+    assert get(m, "tradestack_order_to_fill_seconds_bucket", le="+Inf") == n > 0
+    assert (get(m, "tradestack_order_to_fill_seconds_sum") or 0) / n < 1.0  # market orders: well below a second
     journal = s.journal()  # positions agree with the journal (read after the scrape: it only grows)
     pos = {sym: get(m, "tradestack_client_position", client_id=cid, symbol=sym) for sym in s.cfg.symbols}
     assert all(abs(v or 0) <= 2 * (position_bounds(s.cfg)[cid] or 0) for v in pos.values()), pos

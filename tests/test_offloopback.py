@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from shared import config, tls
+from shared.execjournal import read_lines
 from shared.ops import ctl
 from shared.ops.harness import Stack
 from shared.ops.peer import OrderClient, Peer
@@ -55,11 +56,11 @@ def test_config_loopback_needs_nothing_and_off_loopback_with_both_is_good() -> N
 
 
 @pytest.mark.parametrize("roles, programs", [
-    (["market", "trader", "orders"], {"bootstrap", "gateway", "orderbook", "ordermanager", "strategy"}),
-    (["market"], {"gateway"}),
+    (["market", "trader", "orders"], {"bootstrap", "exchange", "gateway", "orderbook", "ordermanager", "strategy"}),
+    (["market"], {"exchange", "gateway"}),
     (["trader"], {"bootstrap", "orderbook", "strategy"}),
     (["orders"], {"ordermanager"}),
-    (["market", "orders"], {"gateway", "ordermanager"}),
+    (["market", "orders"], {"exchange", "gateway", "ordermanager"}),
 ])
 def test_roles_choose_the_supervisord_programs(roles: list[str], programs: set[str]) -> None:
     programs = programs | {"auditor", "metrics"}  # every host watches itself
@@ -130,8 +131,11 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Any:
     d = certs(base / "pki", "orders=127.0.0.1", "trader")
     # The strategy presents the trader's certificate; the ordermanager its own: one file set per
     # host in a fleet, here both on one machine, so the server side gets the orders pair.
+    # Heartbeats of 1 s (a 3 s timeout): the strategy's order link is checked never to drop, and a
+    # 750 ms timeout could drop it by chance on a loaded machine.
     overrides = {
-        "gateway": {"token_file": str(d / "md.token"), "news_rate": 20},
+        "gateway": {"token_file": str(d / "md.token"), "news_rate": 20, "heartbeat_ms": 1000},
+        "ordermanager": {"heartbeat_ms": 1000},
         "tls": {"enabled": True, "ca": str(d / "ca.crt"), "cert": str(d / "orders.crt"),
                 "key": str(d / "orders.key")},
         "strategy": {"bullish": 50, "bearish": 50, "short_window": 2, "long_window": 4},
@@ -154,6 +158,12 @@ def test_tls_order_entry_and_token_market_data_trade(secure: Any) -> None:
     assert s.events("strategy", "logged_on")
     assert not s.events("gateway", "subscription_refused")
     assert {r["stream"] for r in s.events("gateway", "connected")} == {"price", "news"}
+    # The ordermanager reaches the venue over TLS too, and the strategy's orders fill through it.
+    assert [r["tls"] for r in s.events("exchange", "listening") if r.get("stream") != "price"] == [True]
+    venue = [r for r in s.events("ordermanager", "tls_established") if r["stream"] == "exchange"]
+    assert venue and venue[0]["peer_cn"] == "orders"
+    journal = s.cfg.resolve(s.cfg.ordermanager.journal)
+    s.wait_for(lambda: any(x.last_qty for x in read_lines(journal)), timeout=60)
 
 
 def test_a_certificate_from_another_ca_is_refused_and_logged(secure: Any, tmp_path: Path) -> None:
@@ -220,10 +230,12 @@ def test_a_subscriber_with_a_wrong_token_backs_off_and_says_why(secure: Any) -> 
     try:
         tok.write_text("nope\n")
         s.ctl("restart", "orderbook", check=True)
-        s.wait_for(lambda: len(s.events("orderbook", "subscription_refused")) >= 3, timeout=30)
+        # Four refusals: the three reconnections after the first (each refusal closes, the next connect is one).
+        s.wait_for(lambda: len(s.events("orderbook", "subscription_refused")) >= 4, timeout=30)
         r = s.events("orderbook", "subscription_refused")[0]
         assert r["reason"] == "unauthorized" and r["detail"] == "bad subscription token"
-        tries = [r["attempts"] for r in s.events("orderbook", "reconnected")]
+        tries = s.wait_for(lambda: [r["attempts"] for r in s.events("orderbook", "reconnected")][:3]
+                           if len(s.events("orderbook", "reconnected")) >= 3 else None, timeout=30)
         assert tries[:3] == sorted(tries[:3]) and tries[2] >= 3, tries  # the backoff went on
     finally:
         tok.write_text(good)

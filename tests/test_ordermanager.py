@@ -16,7 +16,7 @@ import pytest
 
 from shared.ops.harness import Stack
 from shared.ops.peer import OrderClient, Refused
-from shared.protocol import Ack, Heartbeat, Logon, LogonAck, Reject, frame_body
+from shared.protocol import TERMINAL, Ack, Exec, Heartbeat, Logon, LogonAck, Order, Reject, frame_body
 
 MAX_QTY = 50
 _ids = itertools.count(1)
@@ -64,11 +64,11 @@ def answer(c: OrderClient) -> Any:
 
 
 def assert_closed(c: OrderClient) -> None:
-    """The server closes the connection; nothing but heartbeats comes before."""
+    """The server closes the connection; nothing but heartbeats (and execs of orders sent before) comes first."""
     with pytest.raises((EOFError, ConnectionResetError)):
         while True:
             m = c.recv(timeout=10)
-            assert isinstance(m, Heartbeat), m
+            assert isinstance(m, Heartbeat | Exec), m
 
 
 def rejected_log(stack: Stack, peer: str) -> list[dict[str, Any]]:
@@ -131,7 +131,11 @@ def test_bad_messages_are_rejected_and_the_connection_stays_open(om: Stack) -> N
     cases = [
         (frame_body(b"this is not JSON"), None, None),
         (frame_body(b"[1, 2, 3]"), None, None),
-        (frame_body(b'{"type": "cancel", "order_id": "x"}'), "x", None),
+        (frame_body(b'{"type": "modify", "order_id": "x"}'), "x", None),
+        (order_msg(f"bm-ordtype-{n}", ord_type="stop"), f"bm-ordtype-{n}", "ord_type"),
+        (order_msg(f"bm-tif-{n}", tif="gtc"), f"bm-tif-{n}", "tif"),
+        (order_msg(f"bm-noprice-{n}", price=None), f"bm-noprice-{n}", "limit order needs a price"),
+        (frame_body(b'{"type": "cancel"}'), None, "order_id"),
         (order_msg(f"bm-missing-{n}", qty=None), f"bm-missing-{n}", "qty"),
         (order_msg(f"bm-qtytype-{n}", qty="10"), f"bm-qtytype-{n}", "qty"),
         (order_msg(f"bm-qtyzero-{n}", qty=0), f"bm-qtyzero-{n}", "qty"),
@@ -311,17 +315,51 @@ def test_a_strategy_taken_over_is_refused_backs_off_and_sends_nothing(om: Stack)
                 timeout=60)
 
 
-def test_positions_and_last_order_id_survive_an_ordermanager_restart(om: Stack) -> None:
+def send(c: OrderClient, order_id: str, symbol: str, side: str, qty: int, price: float | None = None,
+         ord_type: str = "market") -> None:
+    """A market order (without a price unless given) or, with ``ord_type="limit"``, a limit order for the day."""
+    c.send(Order(order_id=order_id, symbol=symbol, side=side, qty=qty, price=price,  # type: ignore[arg-type]
+                 ord_type=ord_type, tif="ioc" if ord_type == "market" else "day",  # type: ignore[arg-type]
+                 ts_ns=time.time_ns(), tick_ts_ns=time.time_ns()))
+
+
+def until_ended(c: OrderClient, order_ids: set[str]) -> tuple[dict[str, Ack | Reject], dict[str, list[Exec]]]:
+    """Each order's answer and its execs, read until every order has its terminal exec (a day order
+    named ``…-rest`` only its ``new``)."""
+    answers: dict[str, Ack | Reject] = {}
+    got: dict[str, list[Exec]] = {o: [] for o in order_ids}
+
+    def done(oid: str) -> bool:
+        xs = got[oid]
+        return bool(xs) and (xs[-1].status in TERMINAL or oid.endswith("-rest"))
+
+    while len(answers) < len(order_ids) or not all(map(done, order_ids)):
+        m = c.recv_type(Exec, Ack, Reject, timeout=10)
+        if isinstance(m, Exec):
+            got[m.order_id].append(m)
+        else:
+            answers[m.order_id] = m
+    return answers, got
+
+
+def test_positions_and_open_orders_survive_an_ordermanager_restart(om: Stack) -> None:
+    """Positions are what filled (market orders well within the venue's depth fill in full at its
+    quote); a limit buy far below the market rests and is listed open; both, and last_order_id and
+    last_exec_id, are the same after a restart of the ordermanager."""
     cid = f"pos-{next(_ids)}"
     fills = [("AAPL", "BUY", 30), ("AAPL", "SELL", 10), ("MSFT", "BUY", 5), ("GOOGL", "BUY", 7),
              ("GOOGL", "SELL", 7)]
     with logged_on(om, cid) as c:
-        acks = []
         for i, (sym, side, qty) in enumerate(fills, 1):
-            c.order(f"{cid}-{i}", sym, side, qty, 100.0 + i)
-            acks.append(answer(c))
+            send(c, f"{cid}-{i}", sym, side, qty)
+        send(c, f"{cid}-rest", "MSFT", "BUY", 3, 0.01, "limit")
+        answers, execs = until_ended(c, {f"{cid}-{i}" for i in range(1, len(fills) + 1)} | {f"{cid}-rest"})
+    acks = [answers[f"{cid}-{i}"] for i in range(1, len(fills) + 1)] + [answers[f"{cid}-rest"]]
     assert all(isinstance(a, Ack) for a in acks), acks
-    before_no = max(a.order_no for a in acks)
+    assert {o: [x.status for x in xs] for o, xs in execs.items()} == {
+        **{f"{cid}-{i}": ["new", "filled"] for i in range(1, len(fills) + 1)}, f"{cid}-rest": ["new"]}
+    last_exec = max(x.exec_id for xs in execs.values() for x in xs)
+    before_no = max(a.order_no for a in acks if isinstance(a, Ack))
     old_pid = om.pids()["ordermanager"]
 
     out = om.ctl("restart", "ordermanager")
@@ -333,18 +371,21 @@ def test_positions_and_last_order_id_survive_an_ordermanager_restart(om: Stack) 
     with c:
         ack = c.logon(cid, om.token)
         assert ack.positions == {"AAPL": 20, "MSFT": 5}  # GOOGL is flat: not listed
-        assert ack.last_order_id == f"{cid}-{len(fills)}"
+        assert [(o.order_id, o.symbol, o.side, o.qty, o.price, o.cum_qty, o.leaves_qty) for o in ack.open_orders] == [
+            (f"{cid}-rest", "MSFT", "BUY", 3, 0.01, 0, 3)]
+        assert ack.last_order_id == f"{cid}-rest" and ack.last_exec_id == last_exec
         c.order(f"{cid}-2", "AAPL", "SELL", 10, 102.0)  # a resend: de-duplicated from the journal
         dup = answer(c)
-        assert isinstance(dup, Ack) and dup.duplicate and dup.order_no == acks[1].order_no
+        assert isinstance(dup, Ack) and dup.duplicate and dup.order_no == acks[1].order_no  # type: ignore[union-attr]
         new = good_order(c, f"{cid}-{len(fills) + 1}")
     assert new.order_no > before_no
     journal = om.journal()
     assert [e["order_no"] for e in journal] == list(range(1, len(journal) + 1))
-    assert [e["order_id"] for e in journal if e["client_id"] == cid] == [f"{cid}-{i}" for i in range(1, len(fills) + 2)]
+    assert [e["order_id"] for e in journal if e["client_id"] == cid] == [
+        *(f"{cid}-{i}" for i in range(1, len(fills) + 1)), f"{cid}-rest", f"{cid}-{len(fills) + 1}"]
     with client(om) as c2:
         ack2 = c2.logon(f"never-seen-{next(_ids)}", om.token)
-        assert ack2.positions == {} and ack2.last_order_id is None
+        assert ack2.positions == {} and ack2.last_order_id is None and ack2.open_orders == []
 
 
 def test_nothing_rejected_is_journaled(om: Stack) -> None:

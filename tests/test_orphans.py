@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 
 from shared import config
-from shared.ops import ctl, faults
+from shared.ops import ctl
+from shared.ops.chaos import faults
+from shared.ops.chaos.invariants import healed
 from shared.ops.harness import PROGRAMS, Stack
-from shared.ops.invariants import healed
 from shared.ops.peer import OrderClient
 from shared.protocol import Ack, Order, Reject, frame
 

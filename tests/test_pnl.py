@@ -1,12 +1,15 @@
-"""Positions and P&L (shared/pnl.py) against a table computed by hand, through a sign flip."""
+"""Positions and P&L from fills (shared/pnl.py) against a table computed by hand, through a sign flip;
+orders still open are reported beside, never counted."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from shared import pnl
+from shared.execstate import decode_line
 
 # One client in AAPL, fill by fill: (side, qty, price) -> position, average cost, realized, worked by hand.
 HAND = [
@@ -31,8 +34,10 @@ def test_fill_by_fill_against_the_hand_table() -> None:
 
 
 def entry(no: int, client: str, symbol: str, side: str, qty: int, price: float) -> dict[str, Any]:
-    return {"order_no": no, "order_id": f"o{no}", "client_id": client, "symbol": symbol, "side": side,
-            "qty": qty, "price": price, "ts_ns": 1, "tick_ts_ns": 1, "recv_ns": 2}
+    """Exec number ``no``: one order filled in full at ``price``."""
+    return {"type": "exec", "order_id": f"o{no}", "exec_id": no, "status": "filled", "last_qty": qty,
+            "last_px": price, "cum_qty": qty, "leaves_qty": 0, "avg_px": price, "ts_ns": 1, "symbol": symbol,
+            "side": side, "client_id": client, "order_no": no, "recv_ns": 2}
 
 
 def journal() -> list[dict[str, Any]]:
@@ -43,6 +48,9 @@ def journal() -> list[dict[str, Any]]:
     return out
 
 
+NO_OPEN = {"open_buy": 0, "open_sell": 0}
+
+
 def test_report_marks_each_position() -> None:
     """Marked at AAPL 50 and MSFT 210; GOOGL (flat) has no mark, its unrealized is still 0."""
     doc = pnl.report(pnl.positions(journal()), {"AAPL": 50.0, "MSFT": 210.0})
@@ -50,14 +58,16 @@ def test_report_marks_each_position() -> None:
     assert hand["symbols"] == {
         # short 4 at 52, mark 50: 4 * (52 - 50) = +8
         "AAPL": {"position": -4, "avg_price": 52.0, "realized": -219.0, "unrealized": 8.0, "total": -211.0,
-                 "mark": 50.0},
-        "GOOGL": {"position": 0, "avg_price": None, "realized": 9.75, "unrealized": 0.0, "total": 9.75, "mark": None},
-        "MSFT": {"position": 3, "avg_price": 200.0, "realized": 0.0, "unrealized": 30.0, "total": 30.0, "mark": 210.0},
+                 "mark": 50.0, **NO_OPEN},
+        "GOOGL": {"position": 0, "avg_price": None, "realized": 9.75, "unrealized": 0.0, "total": 9.75, "mark": None,
+                  **NO_OPEN},
+        "MSFT": {"position": 3, "avg_price": 200.0, "realized": 0.0, "unrealized": 30.0, "total": 30.0, "mark": 210.0,
+                 **NO_OPEN},
     }
     assert (hand["realized"], hand["unrealized"], hand["total"]) == (-209.25, 38.0, -171.25)
-    assert doc["other"] == {"realized": 0.0, "unrealized": 20.0, "total": 20.0, "symbols": {
+    assert doc["other"] == {"realized": 0.0, "unrealized": 20.0, "total": 20.0, "open_orders": 0, "symbols": {
         "AAPL": {"position": -2, "avg_price": 60.0, "realized": 0.0, "unrealized": 20.0, "total": 20.0,
-                 "mark": 50.0}}}
+                 "mark": 50.0, **NO_OPEN}}}
 
 
 def test_no_mark_makes_unrealized_unknown() -> None:
@@ -70,13 +80,37 @@ def test_no_mark_makes_unrealized_unknown() -> None:
 
 
 @pytest.mark.parametrize("bad", [
-    {"side": "HOLD"}, {"qty": 0}, {"qty": "3"}, {"qty": True}, {"price": -1.0}, {"price": None}, {"client_id": None},
-    {"symbol": 5},
+    {"side": "HOLD"}, {"last_qty": 0}, {"last_qty": "3"}, {"last_qty": True}, {"last_px": -1.0}, {"last_px": None},
+    {"client_id": None}, {"symbol": 5},
 ], ids=lambda b: "_".join(f"{k}_{v}" for k, v in b.items()))
 def test_malformed_entries_are_skipped(bad: dict[str, Any]) -> None:
     entries = [entry(1, "c", "AAPL", "BUY", 1, 10.0), {**entry(2, "c", "AAPL", "BUY", 1, 10.0), **bad}]
     book = pnl.positions(entries)
     assert book["c"]["AAPL"].qty == 1
+
+
+def test_exec_lines_count_as_their_mappings() -> None:
+    lines = [decode_line(msgspec.json.encode(e)) for e in journal()]
+    assert pnl.report(pnl.positions(lines), {"AAPL": 50.0}) == pnl.report(pnl.positions(journal()), {"AAPL": 50.0})
+
+
+def test_only_fills_count_and_open_orders_are_reported_beside() -> None:
+    """A ``new`` and a ``canceled`` exec move nothing; a partial fill counts what filled, at its price.
+    Open orders are listed per client (a count) and per symbol (leaves by side), also with no fill."""
+    new = {**entry(1, "c", "AAPL", "BUY", 10, 100.0), "status": "new", "last_qty": 0, "last_px": None,
+           "cum_qty": 0, "leaves_qty": 10}
+    part = {**entry(2, "c", "AAPL", "BUY", 4, 99.5), "status": "partially_filled", "order_no": 1, "leaves_qty": 6}
+    gone = {**part, "exec_id": 3, "status": "canceled", "last_qty": 0, "last_px": None}
+    doc = pnl.report(pnl.positions([new, part, gone]), {"AAPL": 100.0},
+                     {"c": pnl.Open(1, {"MSFT": [0, 7]}), "d": pnl.Open(2, {"AAPL": [5, 0], "GOOGL": [1, 1]})})
+    assert doc["c"]["open_orders"] == 1 and doc["c"]["symbols"]["AAPL"] == {
+        "position": 4, "avg_price": 99.5, "realized": 0.0, "unrealized": 2.0, "total": 2.0, "mark": 100.0,
+        "open_buy": 0, "open_sell": 0}
+    assert doc["c"]["symbols"]["MSFT"] == {"position": 0, "avg_price": None, "realized": 0.0, "unrealized": 0.0,
+                                           "total": 0.0, "mark": None, "open_buy": 0, "open_sell": 7}
+    assert doc["d"]["open_orders"] == 2 and doc["d"]["total"] == 0.0
+    assert {s: (v["open_buy"], v["open_sell"], v["position"]) for s, v in doc["d"]["symbols"].items()} == {
+        "AAPL": (5, 0, 0), "GOOGL": (1, 1, 0)}
 
 
 def test_rounding_leaves_no_float_dust() -> None:

@@ -1,9 +1,11 @@
 """Per-client risk, halt/resume and P&L on a private stack under the real supervisord, through the
-contract only: each limit refused with its detail, a halt that outlives an ordermanager restart,
-and ``stack-audit --json``'s positions and P&L from the real journal, marked to the real book.
+contract only: each limit refused with its detail (``max_position`` counting the filled position
+and the open quantity on the order's side), a halt that outlives an ordermanager restart, and
+``stack-audit --json``'s positions and P&L from the venue's fills, marked to the real book.
 
-The gateway replays constant prices (AAPL 60, MSFT 200, GOOGL 150), so the marks are known and
-the strategy, on flat averages, never trades.
+The gateway replays constant prices (AAPL 60, MSFT 200, GOOGL 150), so the marks and the venue's
+quote are known (spread 2 bps: AAPL 59.994 / 60.006, MSFT 199.98 / 200.02; 100 shares each side),
+and the strategy, on flat averages, never trades.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 
 from shared.config import ROOT
+from shared.execjournal import read_lines
 from shared.ops.harness import Stack
 from shared.ops.peer import OrderClient
 from shared.protocol import Ack, LogonAck, Order, Reject, frame
@@ -58,12 +61,14 @@ def _connect(stack: Stack) -> OrderClient | None:
         return None
 
 
-def send(c: OrderClient, orders: list[tuple[str, int, float]], symbol: str = "AAPL") -> list[Any]:
-    """Send orders in one write (pipelined, so they arrive within the same second); their answers."""
+def send(c: OrderClient, orders: list[tuple[str, int, float | None]], symbol: str = "AAPL") -> list[Any]:
+    """Send orders in one write (pipelined, so they arrive within the same second); their answers.
+    A price of None makes a market order without a price, else a limit order for the day."""
     ids = [f"o-{next(_ids)}" for _ in orders]
     now = time.time_ns()
     c.send_raw(b"".join(frame(Order(order_id=i, symbol=symbol, side=side, qty=qty, price=price,  # type: ignore[arg-type]
-                                    ts_ns=now, tick_ts_ns=now))
+                                    ord_type="limit" if price is not None else "market",
+                                    tif="day" if price is not None else "ioc", ts_ns=now, tick_ts_ns=now))
                         for i, (side, qty, price) in zip(ids, orders, strict=True)))
     # A reject goes out at once, an ack after the turn's journal write: match them by order_id.
     answers = {a.order_id: a for a in (c.recv_type(Ack, Reject, timeout=10) for _ in orders)}
@@ -75,34 +80,51 @@ def outcome(a: Any) -> str:
     return "ack" if isinstance(a, Ack) else f"{a.reason}: {a.detail}"
 
 
-# (client_id, orders sent at once, what each gets: "ack" or the start of "risk: <detail>")
+def execs(stack: Stack, cid: str) -> list[Any]:
+    """The client's execs in the ordermanager's exec journal."""
+    return [x for x in read_lines(stack.cfg.resolve(stack.cfg.ordermanager.journal)) if x.client_id == cid]
+
+
+def fills(stack: Stack, cid: str, n: int) -> list[Any]:
+    """Wait until the client has ``n`` fills journaled; its execs."""
+    return stack.wait_for(lambda: (x := execs(stack, cid)) and sum(1 for e in x if e.last_qty) >= n and x)
+
+
+# (client_id, orders that fill first, orders then sent at once, what each of those gets: "ack" or the
+# start of "risk: <detail>"). Buys at 1.0 and sells at 1000.0 rest (and never meet another client's
+# order here); buys above 60.006, sells below 59.994 fill at the quote.
 LIMITS = [
-    ("r-default", [("BUY", 1000, 1.0), ("BUY", 1, 1.0), ("SELL", 2000, 1.0), ("SELL", 1, 1.0)],
-     ["ack", "risk: max_position: AAPL position 1000 would become 1001, over the limit 1000", "ack",
-      "risk: max_position: AAPL position -1000 would become -1001"]),
-    ("r-pos", [("BUY", 20, 60.0), ("BUY", 1, 60.0), ("SELL", 41, 60.0), ("SELL", 40, 60.0)],
-     ["ack", "risk: max_position: AAPL position 20 would become 21, over the limit 20",
-      "risk: max_position: AAPL position 20 would become -21", "ack"]),
-    ("r-notional", [("BUY", 50, 100.0), ("BUY", 50, 100.01), ("SELL", 1, 5000.5)],
+    ("r-default", [], [("BUY", 1000, 1.0), ("BUY", 1, 1.0), ("SELL", 1000, 1000.0), ("SELL", 1, 1000.0)],
+     ["ack", "risk: max_position: AAPL position 0 and 1000 open to buy would become 1001, over the limit 1000",
+      "ack", "risk: max_position: AAPL position 0 and 1000 open to sell would become -1001"]),
+    ("r-pos", [("BUY", 15, 61.0)], [("BUY", 5, 1.0), ("BUY", 1, 1.0), ("SELL", 36, 59.0), ("SELL", 35, 59.0)],
+     ["ack", "risk: max_position: AAPL position 15 and 5 open to buy would become 21, over the limit 20",
+      "risk: max_position: AAPL position 15 would become -21", "ack"]),
+    ("r-notional", [], [("BUY", 50, 100.0), ("BUY", 50, 100.01), ("SELL", 1, 5000.5), ("BUY", 1, None)],
      ["ack", "risk: max_notional: 50 x 100.01 = 5000.50 is over the limit 5000",
-      "risk: max_notional: 1 x 5000.5 = 5000.50 is over the limit 5000"]),
-    ("r-rate", [("BUY", 1, 60.0)] * 5,
+      "risk: max_notional: 1 x 5000.5 = 5000.50 is over the limit 5000",
+      "risk: max_notional: a market order needs a price"]),
+    ("r-rate", [], [("BUY", 1, 1.0)] * 5,
      ["ack"] * 3 + ["risk: max_orders_per_s: 3 orders accepted in the last second, the limit"] * 2),
 ]
 
 
-@pytest.mark.parametrize(("cid", "orders", "want"), LIMITS, ids=[c[0] for c in LIMITS])
-def test_each_limit_refuses_with_its_detail(stack: Stack, cid: str, orders: list[tuple[str, int, float]],
-                                            want: list[str]) -> None:
+@pytest.mark.parametrize(("cid", "first", "orders", "want"), LIMITS, ids=[c[0] for c in LIMITS])
+def test_each_limit_refuses_with_its_detail(stack: Stack, cid: str, first: list[tuple[str, int, float]],
+                                            orders: list[tuple[str, int, float | None]], want: list[str]) -> None:
     """Each limit, default or per-client, refuses with ``risk`` and a detail naming it; the
-    refusals are logged as ``order_rejected`` and never journaled."""
+    refusals are logged as ``order_rejected`` and never journaled. ``max_position`` counts what
+    filled and the leaves of the open orders on the order's side (those of this same write too)."""
     with logged_on(stack, cid) as c:
+        if first:
+            assert [outcome(a) for a in send(c, first)] == ["ack"] * len(first)
+            fills(stack, cid, len(first))
         answers = send(c, orders)
         got = [outcome(a) for a in answers]
         assert all(g.startswith(w) for g, w in zip(got, want, strict=True)), got
         if cid == "r-rate":  # a second later the window has room again
             time.sleep(1.1)
-            assert outcome(send(c, [("BUY", 1, 60.0)])[0]) == "ack"
+            assert outcome(send(c, [("BUY", 1, 1.0)])[0]) == "ack"
     refused = {a.order_id: a.detail for a in answers if isinstance(a, Reject)}
     logged = stack.wait_for(lambda: (x := {r["order_id"]: r for r in stack.events("ordermanager", "order_rejected")
                                            if r["order_id"] in refused}) and len(x) == len(refused) and x)
@@ -121,27 +143,28 @@ def test_halt_survives_a_restart_and_resume_trades_again(stack: Stack) -> None:
     cid = "r-halt"
     c = logged_on(stack, cid)
     try:
-        first = send(c, [("BUY", 1, 60.0)])[0]
+        first = send(c, [("BUY", 1, 61.0)])[0]
         assert outcome(first) == "ack"
         r = run(str(ROOT / "deploy" / "halt"), cid, stack=stack)
         assert r.returncode == 0 and r.stdout.startswith(f"halted {cid}: the ordermanager"), r
-        got = outcome(send(c, [("BUY", 1, 60.0)])[0])
+        got = outcome(send(c, [("BUY", 1, 61.0)])[0])
         assert got.startswith(f"risk: halted: order entry of {cid} is stopped"), got
-        c.order(first.order_id, "AAPL", "BUY", 1, 60.0)  # a resend of what was acked before: acked again
+        c.order(first.order_id, "AAPL", "BUY", 1, 61.0)  # a resend of what was acked before: acked again
         dup = c.recv_type(Ack, Reject, timeout=10)
         assert isinstance(dup, Ack) and dup.duplicate and dup.order_no == first.order_no, dup
         with logged_on(stack, "r-bystander") as other:
-            assert outcome(send(other, [("BUY", 1, 60.0)])[0]) == "ack"
+            assert outcome(send(other, [("BUY", 1, 1.0)])[0]) == "ack"
     finally:
         c.close()
 
     stack.ctl("restart", "ordermanager", check=True)
     stack.wait_for(lambda: len(stack.events("ordermanager", "listening")) >= 2, timeout=60)
     with logged_on(stack, cid) as c:
-        assert outcome(send(c, [("SELL", 1, 60.0)])[0]).startswith("risk: halted")
+        assert outcome(send(c, [("SELL", 1, 59.0)])[0]).startswith("risk: halted")
         r = run(str(ROOT / "deploy" / "resume"), cid, stack=stack)
         assert r.returncode == 0 and r.stdout.startswith(f"resumed {cid}"), r
-        assert outcome(send(c, [("SELL", 1, 60.0)])[0]) == "ack"
+        assert outcome(send(c, [("SELL", 1, 59.0)])[0]) == "ack"
+    fills(stack, cid, 2)
 
     changes = [(r["event"], r["client_id"]) for r in stack.log("ordermanager")
                if r["event"] in ("client_halted", "client_resumed")]
@@ -150,9 +173,10 @@ def test_halt_survives_a_restart_and_resume_trades_again(stack: Stack) -> None:
     doc = audit_json(stack, "--segment", stack.segment)
     assert [(e["event"], e["client_id"]) for e in doc["halts"]["events"]] == changes
     assert doc["halts"]["halted"] == []
-    # Both of its acked orders are in its P&L: bought 1 and sold 1 at 60, flat.
-    assert doc["clients"][cid]["symbols"]["AAPL"] == {"position": 0, "avg_price": None, "realized": 0.0,
-                                                      "unrealized": 0.0, "total": 0.0, "mark": 60.0}
+    # Both of its acked orders filled: bought 1 at the ask, sold 1 at the bid, flat.
+    assert doc["clients"][cid]["symbols"]["AAPL"] == {"position": 0, "avg_price": None, "realized": -0.012,
+                                                      "unrealized": 0.0, "total": -0.012, "mark": 60.0,
+                                                      "open_buy": 0, "open_sell": 0}
 
 
 def audit_json(stack: Stack, *args: str) -> dict[str, Any]:
@@ -161,33 +185,40 @@ def audit_json(stack: Stack, *args: str) -> dict[str, Any]:
     return json.loads(r.stdout)
 
 
-def test_audit_json_has_pnl_from_the_journal_marked_to_the_book(stack: Stack) -> None:
-    """Orders through a flip of AAPL from long to short, and MSFT long: the audit's ``clients`` as
-    worked by hand, marked to the book (AAPL 60, MSFT 200); and the text report shows the table."""
+def test_audit_json_has_pnl_from_the_fills_marked_to_the_book(stack: Stack) -> None:
+    """Orders through a flip of AAPL from long to short, and MSFT long, each filled at the venue's
+    quote, and one buy far below the market that rests: the audit's ``clients`` as worked by hand,
+    marked to the book (AAPL 60, MSFT 200); and the text report shows the tables."""
     cid = "r-pnl"
     with logged_on(stack, cid) as c:
-        # BUY 10 @ 100; SELL 25 @ 90 closes 10 (-100) and opens 15 short at 90; BUY 5 @ 80 covers 5 (+50).
-        assert [outcome(a) for a in send(c, [("BUY", 10, 100.0), ("SELL", 25, 90.0), ("BUY", 5, 80.0)])] == ["ack"] * 3
-        assert outcome(send(c, [("BUY", 3, 190.0)], symbol="MSFT")[0]) == "ack"
+        # BUY 10 at 60.006; SELL 25 at 59.994 closes 10 (-0.12) and opens 15 short at 59.994; BUY 5 at
+        # 60.006 covers 5 (-0.06). An order at its own price is not a fill: the buy at 48 rests.
+        assert [outcome(a) for a in send(c, [("BUY", 10, 61.0), ("SELL", 25, 59.0), ("BUY", 5, 61.0),
+                                             ("BUY", 4, 48.0)])] == ["ack"] * 4
+        assert outcome(send(c, [("BUY", 3, 201.0)], symbol="MSFT")[0]) == "ack"
+    fills(stack, cid, 4)
     doc = audit_json(stack, "--segment", stack.segment)
     assert doc["clients"][cid] == {
-        "realized": -50.0, "unrealized": 330.0, "total": 280.0, "symbols": {
-            # short 10 at 90, marked at 60: -10 * (60 - 90) = +300
-            "AAPL": {"position": -10, "avg_price": 90.0, "realized": -50.0, "unrealized": 300.0, "total": 250.0,
-                     "mark": 60.0},
-            "MSFT": {"position": 3, "avg_price": 190.0, "realized": 0.0, "unrealized": 30.0, "total": 30.0,
-                     "mark": 200.0}}}
+        "realized": -0.18, "unrealized": -0.12, "total": -0.3, "open_orders": 1, "symbols": {
+            # short 10 at 59.994, marked at 60: -10 * (60 - 59.994) = -0.06
+            "AAPL": {"position": -10, "avg_price": 59.994, "realized": -0.18, "unrealized": -0.06, "total": -0.24,
+                     "mark": 60.0, "open_buy": 4, "open_sell": 0},
+            "MSFT": {"position": 3, "avg_price": 200.02, "realized": 0.0, "unrealized": -0.06, "total": -0.06,
+                     "mark": 200.0, "open_buy": 0, "open_sell": 0}}}
+    assert [(o["symbol"], o["side"], o["qty"], o["price"], o["leaves_qty"]) for o in doc["open_orders"]
+            if o["client_id"] == cid] == [("AAPL", "BUY", 4, 48.0, 4)]
     text = subprocess.run([sys.executable, "-m", "shared.ops.audit", "--logs", str(stack.logs),
                            "--segment", stack.segment], capture_output=True, text=True, timeout=120, check=True).stdout
-    assert "POSITIONS AND P&L" in text
+    assert "POSITIONS AND P&L" in text and "OPEN ORDERS" in text and "FILLS" in text
     rows = [line.split() for line in text.splitlines() if line.startswith(cid + " ")]
-    assert ["r-pnl", "AAPL", "-10", "90", "60", "-50", "300", "250"] in rows, text
-    assert ["r-pnl", "*", "-", "-", "-", "-50", "330", "280"] in rows, text
+    assert ["r-pnl", "AAPL", "-10", "59.994", "60", "-0.18", "-0.06", "-0.24", "4", "0"] in rows, text
+    assert ["r-pnl", "*", "-", "-", "-", "-0.18", "-0.12", "-0.3", "1", "open", "-"] in rows, text
+    assert ["r-pnl", "AAPL", "3", "15", "25", "60.006", "59.994"] in [r[:7] for r in rows], text
 
 
 def test_audit_without_a_book_leaves_unrealized_unknown(stack: Stack, tmp_path: Path) -> None:
     """A segment that is not there: marks and unrealized are null, realized still counts."""
     doc = audit_json(stack, "--segment", "ts_no_such_segment")
     aapl = doc["clients"]["r-pnl"]["symbols"]["AAPL"]
-    assert (aapl["mark"], aapl["unrealized"], aapl["total"], aapl["realized"]) == (None, None, None, -50.0)
+    assert (aapl["mark"], aapl["unrealized"], aapl["total"], aapl["realized"]) == (None, None, None, -0.18)
     assert doc["clients"]["r-pnl"]["unrealized"] is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.ops import soak
+from shared.ops.chaos import soak
 
 
 def test_soak_30s_heals_every_fault_and_loses_no_order(tmp_path: Path) -> None:

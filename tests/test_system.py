@@ -129,7 +129,10 @@ def test_strategy_orders_reach_journal_and_log(live: Stack) -> None:
     journal = {e["order_no"]: e for e in live.journal()}
     received = live.wait_for(lambda: [r for r in live.events("ordermanager", "order_received")
                                       if r["client_id"] == cid and r["order_no"] in journal][:3] or None)
-    sent = {r["order_id"]: r for r in live.events("strategy", "order_sent")}
+    # the strategy logs order_sent after the order is out: wait for those lines rather than race them
+    sent = live.wait_for(lambda: {r["order_id"]: r for r in live.events("strategy", "order_sent")}
+                         if {journal[r["order_no"]]["order_id"] for r in received}
+                         <= {r["order_id"] for r in live.events("strategy", "order_sent")} else None)
     for r in received:
         e = journal[r["order_no"]]
         for key in ("order_id", "client_id", "symbol", "side", "qty", "price"):

@@ -22,7 +22,7 @@ from textual.widgets import Static
 
 from shared import config
 from shared.ops.harness import Stack
-from shared.ops.top import Top
+from shared.ops.top.app import Top
 
 QUIET = {"gateway": {"seed": 42, "news_rate": 5}, "strategy": {"bullish": 100, "bearish": 0}}  # never trades
 TRADING = {"gateway": {"seed": 42, "news_rate": 20}}
@@ -63,7 +63,7 @@ async def until(pilot: Any, cond: Callable[[], Any], timeout: float = 20.0) -> A
 
 def history(app: Top) -> str:
     """Every event line the view holds (the panel shows the latest that fit)."""
-    from shared.ops.topview import Fmt, events
+    from shared.ops.top.view import Fmt, events
 
     assert app.view is not None
     return events(app.view.activity, 1000, Fmt()).plain
@@ -188,8 +188,11 @@ def test_snapshot_of_the_main_screen(snap_compare: Any, tmp_path: Path) -> None:
         app = Top(s.cfg, s.serverurl, mask=True, backlog=0, refresh_s=0.2)
 
         async def settle(pilot: Any) -> None:
-            await until(pilot, lambda: "fresh" in text(app, "book") and "###" in row(text(app, "programs"),
-                                                                                  "strategy").split("RUNNING")[1])
+            def cpu_shown() -> bool:  # the CPU column needs two samples a second apart
+                rows = [row(text(app, "programs"), p) for p in s.programs]
+                return all(len(r.split()) > 6 and r.split()[6] == "###" for r in rows)
+
+            await until(pilot, lambda: "fresh" in text(app, "book") and cpu_shown())
             await pilot.pause(0.5)
 
         assert snap_compare(app, terminal_size=(100, 30), run_before=settle)
@@ -235,7 +238,7 @@ def test_stack_top_in_tmux_shows_a_killed_program_leave_and_come_back(tmp_path: 
             subprocess.run(["tmux", "-L", sock, "send-keys", "f"], check=True)
             _wait_pane(sock, lambda sc: "Inject which fault?" in sc)
             # The menu lists kill9_<program> first, in harness order; Down to kill9_orderbook.
-            from shared.ops.faults import MENU
+            from shared.ops.chaos.faults import MENU
 
             keys = ["Down"] * list(MENU).index("kill9_orderbook") + ["Enter"]
             subprocess.run(["tmux", "-L", sock, "send-keys", *keys], check=True)

@@ -2,11 +2,12 @@
 
 Reads a logs directory (the repository's ``logs/`` unless ``--logs`` names
 another): every program's JSON log (``<program>.log`` and its rotations
-``.log.1`` …), the auditor's ``audit.log`` and the order journal. It prints,
-per program, starts, unexpected exits, FATALs, downtime and MTTR; reconnects
-with their ``down_ms``; bad frames and rejects by reason; the orders and
-their tick-to-trade percentiles; positions and P&L per client and symbol
-(marked to the book's latest prices) and the halts. ``--json`` prints the
+``.log.1`` …), the auditor's ``audit.log``, the order journal and the
+ordermanager's exec journal beside it. It prints, per program, starts,
+unexpected exits, FATALs, downtime and MTTR; reconnects with their
+``down_ms``; bad frames and rejects by reason; the orders, their execs and
+tick-to-trade percentiles; positions and P&L from fills per client and symbol
+(marked to the book's latest prices), the open orders, the fills and the halts. ``--json`` prints the
 same figures as one JSON document; ``--follow`` tails a human view of every
 log, like ``tail -f``.
 
@@ -29,6 +30,8 @@ from typing import Any
 import orjson
 
 from shared.config import ROOT
+from shared.execjournal import read_base, read_lines
+from shared.execstate import ExecLine
 from shared.journal import read as read_journal
 from shared.ops import pnlaudit
 from shared.ops.stats import percentile
@@ -173,10 +176,12 @@ def frame_stats(logs: Mapping[str, Iterable[Record]]) -> tuple[dict[str, dict[st
     return bad, rejects
 
 
-def order_stats(journal: Iterable[Record], logs: Mapping[str, Iterable[Record]]) -> dict[str, Any]:
+def order_stats(journal: Iterable[Record], logs: Mapping[str, Iterable[Record]],
+                execs: Iterable[ExecLine] = ()) -> dict[str, Any]:
     """The journal's count, the ``order_received`` and ``order_duplicate`` records (duplicate
-    acks), any (client_id, order_id) journaled twice, and tick-to-trade in microseconds
-    (journal ``recv_ns`` − ``tick_ts_ns``)."""
+    acks), any (client_id, order_id) journaled twice, tick-to-trade in microseconds
+    (journal ``recv_ns`` − ``tick_ts_ns``), and the exec journal's execs, fills and exec_ids
+    journaled twice."""
     entries = list(journal)
     keys = Counter((e.get("client_id"), e.get("order_id")) for e in entries)
     received = duplicates = 0
@@ -186,15 +191,20 @@ def order_stats(journal: Iterable[Record], logs: Mapping[str, Iterable[Record]])
             duplicates += r.get("event") == "order_duplicate"
     t2t = [(e["recv_ns"] - e["tick_ts_ns"]) / 1000 for e in entries
            if isinstance(e.get("recv_ns"), int) and isinstance(e.get("tick_ts_ns"), int)]
+    ids = Counter(x.exec_id for x in execs)
     return {"journal": len(entries), "received": received, "duplicate_acks": duplicates,
             "journal_duplicates": sum(n - 1 for n in keys.values() if n > 1),
-            "tick_to_trade_us": spread(t2t)}
+            "tick_to_trade_us": spread(t2t), "execs": len(ids),
+            "fills": sum(1 for x in execs if x.last_qty), "exec_duplicates": sum(n - 1 for n in ids.values() if n > 1)}
 
 
 def summarize(logs: Mapping[str, list[Record]], audit: list[Record], journal: list[Record],
-              marks: Mapping[str, float] | None = None, halt_file: Path | None = None) -> dict[str, Any]:
+              marks: Mapping[str, float] | None = None, halt_file: Path | None = None,
+              execs: list[ExecLine] | None = None, base: int = 0) -> dict[str, Any]:
     """Every figure of the audit, as one JSON-ready document; ``marks`` are the book's latest
-    prices (none: unrealized P&L unknown), ``halt_file`` says who is halted now."""
+    prices (none: unrealized P&L unknown), ``halt_file`` says who is halted now, ``execs`` are
+    the exec journal's lines and ``base`` the last order before the venue (shared.execjournal)."""
+    execs = execs or []
     procs = process_stats(audit)
     counts = log_stats(logs)
     programs = {}
@@ -202,8 +212,9 @@ def summarize(logs: Mapping[str, list[Record]], audit: list[Record], journal: li
         programs[name] = {**procs.get(name, {}), **counts.get(name, {})}
     bad, rejects = frame_stats(logs)
     return {"programs": programs, "reconnects": reconnect_stats(logs), "bad_frames": bad, "rejects": rejects,
-            "orders": order_stats(journal, logs), "clients": pnlaudit.clients(journal, marks or {}),
-            "halts": pnlaudit.halts(logs, halt_file)}
+            "orders": order_stats(journal, logs, execs), "clients": pnlaudit.clients(journal, marks or {}, execs, base),
+            "open_orders": pnlaudit.open_orders(pnlaudit.state(journal, execs, base)),
+            "fills": pnlaudit.fills(execs), "halts": pnlaudit.halts(logs, halt_file)}
 
 
 # --- the text report ----------------------------------------------------------
@@ -242,14 +253,22 @@ def render(summary: Mapping[str, Any]) -> str:
     o = summary["orders"]
     lines += ["ORDERS", f"journal {o['journal']}  received {o['received']}  duplicate acks {o['duplicate_acks']}"
               f"  journaled twice {o['journal_duplicates']}"]
+    if "execs" in o:
+        lines.append(f"execs {o['execs']}  fills {o['fills']}  exec_id journaled twice {o['exec_duplicates']}")
     t = o["tick_to_trade_us"]
     if t:
         lines.append("tick-to-trade us  " + "  ".join(f"{k} {_fmt(round(t[k], 1))}" for k in
                                                       ("p50", "p99", "p99.9", "max")) + f"  (n={t['count']})")
     if "clients" in summary:
         rows = pnlaudit.pnl_rows(summary["clients"])
-        lines += ["", "POSITIONS AND P&L (an acked order fills at its price; mark: the book's latest price, "
-                  "- when there is no book)", *(_table(pnlaudit.PNL_COLUMNS, rows) if rows else ["(none)"])]
+        lines += ["", "POSITIONS AND P&L (from fills; mark: the book's latest price, - when there is no book; "
+                  "open: leaves of orders not ended)", *(_table(pnlaudit.PNL_COLUMNS, rows) if rows else ["(none)"])]
+    for key, title, cols, shown in (("open_orders", "OPEN ORDERS", pnlaudit.OPEN_COLUMNS, pnlaudit.SHOWN),
+                                    ("fills", "FILLS", pnlaudit.FILL_COLUMNS, None)):
+        if key in summary:
+            rows, more = pnlaudit.rows(summary[key], cols, shown)
+            lines += ["", title, *(_table(cols, rows) if rows else ["(none)"])]
+            lines += [f"… and {more} more (--json lists them all)"] if more else []
     if "halts" in summary:
         lines += ["", "HALTS", *pnlaudit.halt_lines(summary["halts"])]
     return "\n".join(lines)
@@ -285,6 +304,11 @@ def load(logs_dir: Path, journal: Path | None = None) -> tuple[dict[str, list[Re
     return logs, read_records(logs_dir / AUDIT_LOG), list(read_journal(journal or logs_dir / JOURNAL))
 
 
+def load_execs(journal: Path) -> dict[str, Any]:
+    """``summarize``'s ``execs`` and ``base`` from the exec journal beside an order journal."""
+    return {"execs": list(read_lines(journal)), "base": read_base(journal)}
+
+
 # --- following ----------------------------------------------------------------
 
 
@@ -308,6 +332,9 @@ def human(source: str, rec: Record | None, raw: str = "") -> str | None:
         return f"{t} {rec.get('process')}: {rec.get('from_state')} -> {rec.get('to_state')}{note}{pid}"
     if ev == "order_received" and rec.get("msg"):
         return f"{t} {source}: {rec['msg']}"
+    if ev == "order_filled":
+        return (f"{t} {source}: {rec.get('status')} {rec.get('client_id')} {rec.get('order_id')}: "
+                f"{rec.get('last_qty')} @ {rec.get('last_px')} (cum {rec.get('cum_qty')})")
     if ev in ("client_halted", "client_resumed"):
         return f"{t} {source}: {ev.removeprefix('client_')} {rec.get('client_id')}"
     if ev == "reconnected":
@@ -374,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         journal = args.journal or args.logs / JOURNAL
         marks = pnlaudit.marks(args.segment or pnlaudit.config_segment())
         summary = {"logs": str(args.logs.resolve()),
-                   **summarize(*load(args.logs, journal), marks, pnlaudit.halt_file(journal))}
+                   **summarize(*load(args.logs, journal), marks, pnlaudit.halt_file(journal), **load_execs(journal))}
         print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() if args.json else render(summary))
     except KeyboardInterrupt:
         return 0

@@ -1,7 +1,8 @@
 """Helpers behind deploy/up and deploy/down (``python -m shared.ops.ctl CMD``).
 
-prepare   check the config and every strategy's rule, make logs/ and the order-entry token (0600),
-          write deploy/strategies.conf (one supervisord program per [strategies.<name>])
+prepare   check the config, every strategy's rule and (when enabled) the prometheus binary and
+          its rules (promtool), make logs/ and the order-entry token (0600), write
+          deploy/strategies.conf (one supervisord program per [strategies.<name>], and prometheus)
 render    print deploy/supervisord.conf with only this host's programs ([host] roles)
 wait      wait until every supervisord program is RUNNING, print the status
 sweep     stop this checkout's daemons that run without a supervisord (orphans
@@ -25,13 +26,13 @@ from typing import Any
 
 from supervisor.xmlrpc import SupervisorTransport
 
-from shared import book, config
+from shared import book, config, promconf
 from shared.lifecycle import is_supervisord
 from shared.strategy import rule_for
 
 SERVERURL = "unix:///tmp/tradestack/supervisor.sock"
-# The order orphans are stopped in: order entry first, the book's feed next, the auditor last.
-STOP_ORDER = ("strategy", "ordermanager", "orderbook", "gateway", "bootstrap", "metrics", "auditor")
+# The order orphans are stopped in: order entry first, the venue, the book's feed next, the auditor last.
+STOP_ORDER = ("strategy", "ordermanager", "exchange", "orderbook", "gateway", "bootstrap", "metrics", "auditor")
 TERM_WAIT_S = 10.0  # supervisord.conf's stopwaitsecs: a daemon drains within 5 s
 PROGRAMS_FILE = "strategies.conf"  # beside supervisord.conf, which includes it
 
@@ -39,7 +40,7 @@ PROGRAMS_FILE = "strategies.conf"  # beside supervisord.conf, which includes it
 def strategy_programs(conf_text: str, cfg: config.Config) -> str:
     """The supervisord sections of the ``[strategies.<name>]`` tables: each a copy
     of ``[program:strategy]`` from ``conf_text``, named ``strategy-<name>``, whose
-    command runs that strategy."""
+    command runs that strategy; and the ``prometheus`` program when ``[prometheus] enabled``."""
     lines = conf_text.splitlines()
     start = lines.index("[program:strategy]")
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
@@ -52,6 +53,8 @@ def strategy_programs(conf_text: str, cfg: config.Config) -> str:
         s, n = re.subn(r"^(command=.*daemons/strategy\.py)$", rf"\1 {st.name}", s, count=1, flags=re.M)
         assert n == 1, "[program:strategy] has no command running daemons/strategy.py"
         out += ["", s]
+    if cfg.prometheus.enabled:
+        out += ["", promconf.program(conf_text)]
     return "\n".join(out) + "\n"
 
 
@@ -74,6 +77,7 @@ def prepare(cfg: config.Config) -> None:
     rule cannot be built is a ConfigError here, before anything starts."""
     for st in cfg.all_strategies():
         rule_for(cfg, st)
+    promconf.check(cfg)
     write_programs(config.ROOT / "deploy" / "supervisord.conf", cfg)
     (config.ROOT / "logs").mkdir(exist_ok=True)
     tok = cfg.resolve(cfg.ordermanager.token_file)
@@ -90,7 +94,7 @@ def render(cfg: config.Config, text: str, here: str) -> str:
     ``[strategies.<name>]`` programs written in place of the ``[include]`` of strategies.conf, and
     ``%(here)s`` made absolute so the file may live elsewhere (deploy/up writes it under /tmp)."""
     include = f"[include]\nfiles = {PROGRAMS_FILE}\n"
-    if cfg.strategies and include in text:
+    if (cfg.strategies or cfg.prometheus.enabled) and include in text:
         text = text.replace(include, strategy_programs(text, cfg))
     out, keep = [], True
     for line in text.splitlines(keepends=True):

@@ -24,11 +24,12 @@ from typing import Any
 
 from supervisor.xmlrpc import SupervisorTransport
 
-from shared import book, config, journal
+from shared import book, config, execjournal, journal
 from shared.ops import ctl
 from shared.ops.ctl import write_programs
 
-PROGRAMS = ("auditor", "bootstrap", "gateway", "metrics", "orderbook", "ordermanager", "strategy")  # every stack's
+PROGRAMS = ("auditor", "bootstrap", "exchange", "gateway", "metrics", "orderbook", "ordermanager",
+            "strategy")  # every stack's
 
 
 def free_port() -> int:
@@ -75,12 +76,15 @@ class Stack:
         self.segment = f"ts_{uuid.uuid4().hex[:10]}"
         with open(config.DEFAULT_PATH, "rb") as f:
             doc = tomllib.load(f)
-        doc["gateway"].update(price_port=free_port(), news_port=free_port())
+        doc["gateway"].update(price_port=free_port(), news_port=free_port(), state=str(self.logs / "gateway.state"))
         doc["ordermanager"].update(port=free_port(), token_file=str(self.dir / "order.token"),
                                    journal=str(self.logs / "orders.jsonl"))
+        doc.setdefault("exchange", {}).update(port=free_port(), journal=str(self.logs / "exchange.jsonl"))
         doc["book"]["segment"] = self.segment
         doc["auditor"] = {"log": str(self.logs / "audit.log")}
         doc["metrics"] = {"host": "127.0.0.1", "port": free_port()}
+        doc["prometheus"] = {**doc.get("prometheus", {}), "port": free_port(),
+                             "data_dir": str(self.logs / "prometheus")}
         for section, values in (overrides or {}).items():
             if isinstance(values, dict):
                 doc.setdefault(section, {}).update(values)
@@ -102,7 +106,8 @@ class Stack:
         self.conf = self.dir / "supervisord.conf"
         self.conf.write_text(text)
         write_programs(self.conf, self.cfg)
-        self.programs = PROGRAMS + tuple(st.program for st in self.cfg.strategies.values())
+        self.programs = (PROGRAMS + tuple(st.program for st in self.cfg.strategies.values())
+                         + (("prometheus",) if self.cfg.prometheus.enabled else ()))
         self.strategies = self.cfg.all_strategies()
         self.serverurl = f"unix://{self.run}/supervisor.sock"
         self.env = dict(os.environ, STACK_CONFIG=str(self.config_path))
@@ -142,7 +147,7 @@ class Stack:
         means a program stayed up for ``startsecs``."""
         def ready() -> bool:
             if (len(self.events("gateway", "listening")) < 2 or not self.events("ordermanager", "listening")
-                    or not self.events("metrics", "listening")):
+                    or not self.events("metrics", "listening") or not self.events("exchange", "listening")):
                 return False
             try:
                 seg = book.Segment.attach(self.segment)
@@ -228,6 +233,14 @@ class Stack:
     def journal(self) -> list[dict[str, Any]]:
         """Every journaled order, oldest first (closed segments, then the open one)."""
         return list(journal.read(self.cfg.resolve(self.cfg.ordermanager.journal)))
+
+    def execs(self) -> list[dict[str, Any]]:
+        """The ordermanager's exec journal: every exec it had from the venue, by exec_id."""
+        return read_jsonl(Path(str(self.cfg.resolve(self.cfg.ordermanager.journal)) + execjournal.SUFFIX))
+
+    def exchange_journal(self) -> Path:
+        """The exchange's journal (its open segment; ``stack-replay`` reads them all)."""
+        return self.cfg.resolve(self.cfg.exchange.journal)
 
     def audit(self) -> list[dict[str, Any]]:
         return read_jsonl(self.logs / "audit.log")

@@ -1,5 +1,6 @@
-"""Blocking peers that speak only the contract: a stream subscriber and an
-order-entry client. Tests, the bench and the operator's tools use them.
+"""Blocking peers that speak only the contract: a stream subscriber, an
+order-entry client and the ordermanager's side of the venue link. Tests, the
+bench and the operator's tools use them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,20 @@ import time
 from collections.abc import Sequence
 from typing import Any, Self
 
-from shared.protocol import PROTO, FrameDecoder, Logon, LogonAck, Message, Order, Reject, frame
+from shared.protocol import (
+    PROTO,
+    Cancel,
+    Exec,
+    FrameDecoder,
+    Heartbeat,
+    Logon,
+    LogonAck,
+    Message,
+    Order,
+    Reject,
+    Route,
+    frame,
+)
 
 
 class Peer:
@@ -67,7 +81,7 @@ class Peer:
 
 
 class Refused(Exception):
-    """The ordermanager answered a logon with a reject."""
+    """The ordermanager (or the venue) answered with a reject."""
 
     def __init__(self, reject: Reject) -> None:
         super().__init__(f"{reject.reason}: {reject.detail}")
@@ -105,3 +119,51 @@ class OrderClient(Peer):
         t = threading.Thread(target=send)
         t.start()
         return t
+
+
+class VenueClient(Peer):
+    """The ordermanager's side of the venue link (contract §9), blocking: ``logon()``, then
+    ``route(...)`` and ``cancel(...)``; ``execs(n)`` collects what the exchange reports."""
+
+    def logon(self, token: str, last_exec_id: int | None = None, client_id: str = "ordermanager") -> LogonAck:
+        """Log on as the ordermanager; raises Refused on a reject."""
+        self.send(Logon(proto=PROTO, client_id=client_id, token=token, last_exec_id=last_exec_id))
+        ack = self.recv_type(LogonAck, Reject)
+        if isinstance(ack, Reject):
+            raise Refused(ack)
+        return ack
+
+    def route(self, order_no: int, client_id: str, order_id: str, symbol: str, side: str, qty: int,
+              price: float | None = None, ord_type: str = "limit", tif: str = "day") -> None:
+        self.send(Route(order_no=order_no, client_id=client_id, order_id=order_id, symbol=symbol,
+                        side=side, qty=qty, price=price, ord_type=ord_type, tif=tif))  # type: ignore[arg-type]
+
+    def cancel(self, client_id: str, order_id: str) -> None:
+        self.send(Cancel(order_id=order_id, client_id=client_id))
+
+    def beat(self) -> None:
+        """A heartbeat (the exchange drops a link silent for 3 × its heartbeat_ms)."""
+        self.send(Heartbeat(ts_ns=time.time_ns()))
+
+    def next(self, *types: type, timeout: float = 10.0) -> Any:
+        """The next message of one of ``types``, beating twice a second while it waits."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return self.recv_type(*types, timeout=max(0.0, min(left, 0.5)))
+            except TimeoutError:
+                if left <= 0.5:
+                    raise
+                self.beat()
+
+    def execs(self, n: int, timeout: float = 10.0) -> list[Exec]:
+        """The next ``n`` execs (heartbeats skipped; a reject raises Refused)."""
+        out: list[Exec] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n:
+            m = self.next(Exec, Reject, timeout=max(0.0, deadline - time.monotonic()))
+            if isinstance(m, Reject):
+                raise Refused(m)
+            out.append(m)
+        return out

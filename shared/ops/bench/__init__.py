@@ -1,0 +1,9 @@
+"""The bench (``deploy/bench``): each figure beside a reference measured in the same run.
+
+``run`` drives it (``python -m shared.ops.bench``); ``plan`` holds what every part shares (the plan, the rates,
+the targets, ``say``); ``report`` renders the table; ``loopback``, ``fanout`` and ``probes`` are the bare
+references and observers; ``orderentry`` is the outside order-entry client; ``recovery``, ``journal`` and
+``scrape`` are its other modes; ``ab`` (with ``abagent`` and ``abreport``) is ``--against REV``; ``omprofile``
+puts py-spy on the ordermanager; ``hosts`` runs it across simulated hosts (``deploy/bench --hosts``);
+``iomodels`` is the I/O-model study.
+"""
