@@ -105,7 +105,7 @@ def dask_cluster(tmp_path: Path) -> Iterator[str]:
                 os.killpg(p.pid, signal.SIGTERM)
         for p in procs:
             try:
-                p.wait(timeout=20)
+                p.wait(timeout=3)  # a worker without a nanny may take its time: it is a throwaway
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait(timeout=10)

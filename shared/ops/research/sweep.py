@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import tomllib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -97,6 +98,11 @@ def run_dask(jobs: list[Job], address: str, timeout_s: float = 10.0) -> list[dic
     """The jobs on the Dask cluster whose scheduler is at ``address``, rows in grid order."""
     from distributed import Client
 
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    if not host or not port.isdigit():
+        raise OSError("not an address of the form tcp://HOST:PORT")
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+        pass  # nobody there: say so now (Dask's client would retry for its whole timeout)
     with Client(address, timeout=timeout_s) as client:
         futures = client.map(run_one, jobs, pure=False)
         return list(client.gather(futures))
