@@ -27,7 +27,7 @@ import msgspec
 from shared import config as config_mod
 from shared import matching, tls, venuestate
 from shared.journalfiles import JournalLocked, errno_name
-from shared.net import Client, Conn, Loop, Retry, Sequence, Server
+from shared.net import Client, Conn, Loop, Retry, Sequence, Server, read_token
 from shared.protocol import (
     PROTO,
     BadFrame,
@@ -108,16 +108,8 @@ class Exchange:
 
     def _ready(self, now: float) -> bool:
         """Read the token, then take the journal and restore from it, each retried until it works."""
-        if not self.token and self.token_retry.due(now):
-            try:
-                token = self.token_path.read_text().strip().encode()
-                if not token:
-                    raise ValueError("the file is empty")
-            except (OSError, ValueError, UnicodeDecodeError) as e:
-                self.token_retry.failed(now, getattr(e, "strerror", None) or str(e))
-            else:
-                self.token = token
-                self.token_retry.succeeded()
+        if not self.token:
+            self.token = read_token(self.token_path, self.token_retry, now)
         if self.token and self.lock_retry.due(now):
             try:
                 self.journal = VenueJournal(self.journal_path, self.x.journal_sync, self.log,
@@ -161,16 +153,8 @@ class Exchange:
         t = type(msg)
         if t is Price:
             self._tick(msg)  # type: ignore[arg-type]
-        elif t is Hello:
-            h: Hello = msg  # type: ignore[assignment]
-            self.seq.hello(h.session, h.next_seq, h.heartbeat_ms)
-        elif t is Heartbeat:
-            self.seq.heartbeat(msg.seq)  # type: ignore[union-attr]
-        elif t is Reject:
-            r: Reject = msg  # type: ignore[assignment]
-            self.log.warning("subscription_refused", peer=conn.peer, stream="price", reason=r.reason,
-                             detail=r.detail)
-            self.price.refuse(r.reason)
+        else:
+            self.seq.control(self.price, conn, msg)
 
     def _tick(self, p: Price) -> None:
         if not p.snapshot:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shared.protocol import BadFrame, BadMessage, FrameDecoder
+from shared.protocol import BadFrame, BadMessage, FrameDecoder, Heartbeat, Hello, Reject
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 RECV_SIZE = 1 << 16  # above 128 KiB, glibc maps and unmaps each read's buffer: ~10 µs a read
@@ -263,6 +263,25 @@ class Retry:
         self.attempt = 0
 
 
+def read_token(path: os.PathLike[str] | str, retry: Retry, now: float) -> bytes:
+    """The token in ``path`` when ``retry`` says it is time to try; b"" while the file is missing,
+    unreadable or empty (each failure logged by ``retry``, which backs off)."""
+    if not retry.due(now):
+        return b""
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip().encode()
+        if not token:
+            raise ValueError("the file is empty")
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        retry.failed(now, getattr(e, "strerror", None) or str(e))
+        return b""
+    if retry.attempt:
+        retry.log.info("token_read", **retry.fields)
+    retry.succeeded()
+    return token
+
+
 class Client:
     """A client connection that reconnects by itself, logging every attempt.
 
@@ -432,3 +451,15 @@ class Sequence:
             self.log.warning("gap_detected", stream=self.stream, expected=self.expected, got=seq + 1,
                              session=self.session)
             self.expected = seq + 1
+
+    def control(self, client: Client, conn: Conn, msg: Any) -> None:
+        """A frame of the stream that carries no tick: hello, heartbeat, or the subscription refused."""
+        t = type(msg)
+        if t is Hello:
+            self.hello(msg.session, msg.next_seq, msg.heartbeat_ms)
+        elif t is Heartbeat:
+            self.heartbeat(msg.seq)
+        elif t is Reject:
+            self.log.warning("subscription_refused", peer=conn.peer, stream=self.stream, reason=msg.reason,
+                             detail=msg.detail)
+            client.refuse(msg.reason)

@@ -97,16 +97,8 @@ class BookWriter:
                 return  # a repeat of the tick the slot holds: the ring keeps each tick once
             self.writer.write(slot, p.price, p.ts_ns, p.seq)
             self.ticks += 1
-        elif t is Hello:
-            h: Hello = msg  # type: ignore[assignment]
-            self.seq.hello(h.session, h.next_seq, h.heartbeat_ms)
-        elif t is Heartbeat:
-            self.seq.heartbeat(msg.seq)  # type: ignore[union-attr]
-        elif t is Reject:
-            r: Reject = msg  # type: ignore[assignment]
-            self.log.warning("subscription_refused", peer=conn.peer, stream="price", reason=r.reason,
-                             detail=r.detail)
-            self.client.refuse(r.reason)
+        else:
+            self.seq.control(self.client, conn, msg)
 
     def _holds(self, slot: int, p: Price) -> bool:
         assert self.seg is not None

@@ -24,7 +24,7 @@ from shared import logs, tls
 from shared.halt import HaltWatch
 from shared.journal import Entry, Journal
 from shared.journalfiles import JournalLocked, errno_name
-from shared.net import Conn, Loop, Retry, Server
+from shared.net import Conn, Loop, Retry, Server, read_token
 from shared.owners import Owners, taken_over
 from shared.protocol import (
     PROTO,
@@ -104,18 +104,8 @@ class OrderManager:
 
     def _ready(self, now: float) -> bool:
         """Read the token, then take and load the journal, each retried with backoff until it works."""
-        if not self.token and self.token_retry.due(now):
-            try:
-                token = self.token_path.read_text().strip().encode()
-                if not token:
-                    raise ValueError("the file is empty")
-            except (OSError, ValueError, UnicodeDecodeError) as e:
-                self.token_retry.failed(now, getattr(e, "strerror", None) or str(e))
-            else:
-                self.token = self.router.token = token
-                if self.token_retry.attempt:
-                    self.log.info("token_read", path=str(self.token_path))
-                self.token_retry.succeeded()
+        if not self.token:
+            self.token = self.router.token = read_token(self.token_path, self.token_retry, now)
         if self.token and self.lock_retry.due(now):
             om = self.cfg.ordermanager
             try:

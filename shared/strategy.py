@@ -268,16 +268,8 @@ class Trader:
             self.seq.data(n.seq)
             if n.symbol in self.symbols:
                 self._on_tick(n)
-        elif t is Hello:
-            h: Hello = msg  # type: ignore[assignment]
-            self.seq.hello(h.session, h.next_seq, h.heartbeat_ms)
-        elif t is Heartbeat:
-            self.seq.heartbeat(msg.seq)  # type: ignore[union-attr]
-        elif t is Reject:
-            r: Reject = msg  # type: ignore[assignment]
-            self.log.warning("subscription_refused", peer=conn.peer, stream="news", reason=r.reason,
-                             detail=r.detail)
-            self.news.refuse(r.reason)
+        else:
+            self.seq.control(self.news, conn, msg)
 
     def position(self, symbol: str) -> int:
         """What has filled, signed."""
