@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from shared.decision import checked, pricing
+from shared.decision import checked, pricing, takes_open_orders
 from shared.matching import Engine, Exec
 from shared.pnl import Position
 from shared.risk import Risk
@@ -80,17 +80,6 @@ class Working:
     record: dict[str, Any]
     cum_qty: int = 0
     leaves_qty: int = 0
-
-
-def takes_open_orders(rule: Any) -> bool:
-    """Whether the rule's ``decide`` takes ``open_orders`` (a fourth argument), as the live strategy asks."""
-    try:
-        params = list(inspect.signature(rule.decide).parameters.values())
-    except (TypeError, ValueError):
-        return True
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        return True
-    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) >= 4
 
 
 def priced(d: Any, last: float, default_type: str) -> Order | None:
