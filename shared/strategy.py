@@ -7,6 +7,10 @@ nothing. Housekeeping (staleness, the segment, heartbeats) runs on a coarse
 timer. Orders are tracked until acked; after a reconnect the pending ones are
 resent with the same ids, and no new order is made until they are answered.
 
+Each order carries what its rule saw (``ctx``: the news tick, the window's tick seqs,
+the position, the open orders and the cancels it asked), which the ordermanager journals, so
+``stack-backtest --as-live`` can ask the rule again from a tape (``shared.decision``).
+
 Its position is what filled (contract §9): each ``exec`` from the venue, by way
 of the ordermanager, moves it, and keeps the order's ``cum_qty`` and
 ``leaves_qty`` until the exec that ends it. It remembers the highest
