@@ -88,7 +88,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")  # becomes part of a su
 class Strategy:
     """One strategy program: ``[strategy]`` (program ``strategy``) or
     ``[strategies.<name>]`` (program ``strategy-<name>``). Its keys beyond these
-    are its rule's own, checked by ``shared.strategy.load_rule``."""
+    are its rule's own, checked by ``shared.decision.load_rule``."""
 
     client_id: str = "strategy-1"
     rule: str = DEFAULT_RULE  # "module:Class"

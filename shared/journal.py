@@ -39,6 +39,7 @@ from shared.journalfiles import (
     sync_dir,
     write_atomically,
 )
+from shared.protocol import DecisionContext
 
 LOG_EVERY_S = 5.0  # journal_write_failed / journal_checkpoint_failed at most this often
 PROBE_S = 0.1  # while writes fail, a turn's orders are tried at most this often (others: unavailable)
@@ -46,7 +47,8 @@ RETRY_S = 5.0  # a roll or a checkpoint that failed is tried again after this
 
 
 class Entry(msgspec.Struct, frozen=True):
-    """One journal line (contract §6; 1.2: ``ord_type``, ``tif``, and no ``price`` for a bare market order)."""
+    """One journal line (contract §6; 1.2: ``ord_type``, ``tif``, and no ``price`` for a bare market order;
+    ours: ``ctx``, the order's decision context, left out when it came without one)."""
 
     order_no: int
     order_id: str
@@ -60,6 +62,7 @@ class Entry(msgspec.Struct, frozen=True):
     recv_ns: int
     ord_type: str = "limit"  # a line written before 1.2 has neither: a limit order for the day
     tif: str = "day"
+    ctx: DecisionContext | msgspec.UnsetType = msgspec.UNSET  # what the rule saw, as the order carried it (or none)
 
 
 # --- reading ------------------------------------------------------------------

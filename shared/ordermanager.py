@@ -237,7 +237,7 @@ class OrderManager:
             return
         no = j.last_no + 1
         j.stage(Entry(no, o.order_id, cid, o.symbol, o.side, o.qty, o.price, o.ts_ns, o.tick_ts_ns, recv_ns,
-                      o.ord_type, o.tif))
+                      o.ord_type, o.tif, msgspec.UNSET if o.ctx is None else o.ctx))
         self.router.orders.accept(no, cid, o.order_id, o.symbol, o.side, o.qty, o.price, o.ord_type, o.tif)
         self.acks.append((conn, o.order_id, no, False, o, recv_ns))
 

@@ -89,11 +89,36 @@ class Subscribe(_Msg, tag="subscribe", frozen=True):
     token: str
 
 
+class SeenOrder(msgspec.Struct, frozen=True):
+    """One open order as the rule saw it (``shared.rule.OpenOrder``), in a ``DecisionContext``."""
+
+    order_id: str
+    side: Side
+    qty: int
+    price: float | None
+    cum_qty: int
+    leaves_qty: int
+    age: int  # news ticks of its symbol since it was sent (or since the strategy learned of it)
+    canceling: bool = False
+
+
+class DecisionContext(msgspec.Struct, frozen=True):
+    """What a strategy's rule saw when it decided an order (ours, optional on ``order``): the
+    ordermanager journals it as it is, so ``stack-backtest --as-live`` can ask the rule again from a tape."""
+
+    news_seq: int  # the news tick's seq (its ts_ns is the order's tick_ts_ns)
+    tick_seqs: list[int]  # the window: the seq of each tick the rule got, oldest first
+    position: int  # filled, signed
+    open_orders: list[SeenOrder] = []  # its open orders in the symbol, before the cancels below
+    cancels: list[str] = []  # those of them it asked to cancel first (a cancel went out, or was on its way)
+
+
 class Order(_Msg, tag="order", frozen=True):
     """An order; ``order_id`` is unique per client and stable across resends.
 
     1.2: ``ord_type`` and ``tif``; a market order's ``price`` is optional (a protection limit when given);
-    without them an order is a limit order, good for the day, at its price.
+    without them an order is a limit order, good for the day, at its price. Ours: ``ctx``, what the
+    rule saw (journaled, never routed).
     """
 
     order_id: OrderId
@@ -105,6 +130,7 @@ class Order(_Msg, tag="order", frozen=True):
     price: Positive | None = None
     ord_type: OrdType = "limit"
     tif: Tif = "day"
+    ctx: DecisionContext | None = None
 
     def __post_init__(self) -> None:
         # Times are u64; a bigger int would crash the ordermanager's JSON log line (msgspec

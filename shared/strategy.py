@@ -7,6 +7,10 @@ nothing. Housekeeping (staleness, the segment, heartbeats) runs on a coarse
 timer. Orders are tracked until acked; after a reconnect the pending ones are
 resent with the same ids, and no new order is made until they are answered.
 
+Each order carries what its rule saw (``ctx``: the news tick, the window's tick seqs,
+the position, the open orders and the cancels it asked), which the ordermanager journals, so
+``stack-backtest --as-live`` can ask the rule again from a tape (``shared.decision``).
+
 Its position is what filled (contract §9): each ``exec`` from the venue, by way
 of the ordermanager, moves it, and keeps the order's ``cum_qty`` and
 ``leaves_qty`` until the exec that ends it. It remembers the highest
@@ -17,11 +21,7 @@ what it missed; after a process start it takes positions and open orders from
 
 from __future__ import annotations
 
-import dataclasses
 import gc
-import importlib
-import inspect
-import math
 import secrets
 import time
 import traceback
@@ -34,6 +34,7 @@ import msgspec
 from shared import config as config_mod
 from shared import logs, tls
 from shared.book import BookError, Segment
+from shared.decision import ask, checked, context, pricing, rule_for, takes_open_orders
 from shared.net import Client, Conn, Loop, Retry, Sequence, backoff
 from shared.protocol import (
     PROTO,
@@ -41,9 +42,11 @@ from shared.protocol import (
     Ack,
     BadMessage,
     Cancel,
+    DecisionContext,
     Exec,
     Heartbeat,
     Hello,
+    LocalProtocolError,
     Logon,
     LogonAck,
     Message,
@@ -52,7 +55,7 @@ from shared.protocol import (
     Reject,
     frame,
 )
-from shared.rule import Decision, OpenOrder, OrdType, Side, Tif, exposure
+from shared.rule import Decision, OpenOrder, Side
 
 HOUSEKEEPING_S = 0.1  # staleness, the segment, reconnects and heartbeats: at most this far apart,
 # and at most half a heartbeat interval apart
@@ -76,67 +79,6 @@ def order_number(order_id: str | None, client_id: str) -> int:
     return 0
 
 
-def load_rule(st: config_mod.Strategy) -> Any:
-    """Import a strategy's rule and build it from its params; config_mod.ConfigError naming
-    the table and key when the rule cannot be imported or a param is wrong."""
-    mod_name, _, cls_name = st.rule.partition(":")
-    try:
-        obj: Any = importlib.import_module(mod_name)
-        for part in cls_name.split("."):
-            obj = getattr(obj, part)
-    except Exception as e:  # ImportError, AttributeError, or the module failing as it loads
-        raise config_mod.ConfigError(f"{st.table}.rule: cannot import {st.rule!r}: {type(e).__name__}: {e}") from None
-    params_cls = getattr(obj, "Params", None)
-    if not isinstance(obj, type) or not callable(getattr(obj, "decide", None)) or params_cls is None \
-            or not isinstance(params_cls, type) or not dataclasses.is_dataclass(params_cls):
-        raise config_mod.ConfigError(f"{st.table}.rule: {st.rule!r} is not a rule (a class with Params and decide)")
-    try:
-        params = config_mod.section(st.table, params_cls, st.params, signed=True)
-    except config_mod.ConfigError as e:
-        raise config_mod.ConfigError(f"{e} (rule {st.rule})") from None
-    except (TypeError, ValueError) as e:  # the rule's own checks: "key: why"
-        raise config_mod.ConfigError(f"{st.table}.{e}") from None
-    rule = obj(params)
-    rule.name = st.rule
-    if not isinstance(getattr(rule, "history", None), int) or rule.history < 1:
-        raise config_mod.ConfigError(f"{st.table}.rule: {st.rule!r} has no history >= 1 (ticks it wants)")
-    return rule
-
-
-def takes_open_orders(rule: Any) -> bool:
-    """Whether the rule's ``decide`` takes ``open_orders`` (a fourth argument); one that takes
-    three is of the interface before the venue, and gets its open orders counted in ``position``."""
-    try:
-        sig = inspect.signature(rule.decide)
-    except (TypeError, ValueError):
-        return True
-    kinds = [p.kind for p in sig.parameters.values()]
-    positional = sum(k in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p, k in
-                     zip(sig.parameters.values(), kinds, strict=True))
-    return inspect.Parameter.VAR_POSITIONAL in kinds or positional >= 4
-
-
-_SIDES = ("BUY", "SELL")
-
-
-def checked(d: Any) -> Decision | None:
-    """A rule's answer as a Decision, or None if it is not one (a plain (side, qty) tuple will do)."""
-    if not isinstance(d, tuple) or not 2 <= len(d) <= 5:
-        return None
-    d = Decision(*d)
-    if (d.side not in _SIDES or type(d.qty) is not int or d.qty <= 0
-            or d.ord_type not in (None, "limit", "market") or d.tif not in (None, "day", "ioc")
-            or (d.price is not None and not (type(d.price) in (int, float) and math.isfinite(d.price)
-                                             and d.price > 0))):
-        return None
-    return d
-
-
-def protection(price: float, side: str) -> float:
-    """A market order's protection price (VENUE.md): 1 % through the book's price, to the cent."""
-    return round(price * (1.01 if side == "BUY" else 0.99), 2)
-
-
 @dataclass(slots=True)
 class Working:
     """One of our orders not yet ended: sent (perhaps not yet acked) or open at the venue."""
@@ -155,16 +97,6 @@ class Working:
         """As a rule sees it, at the symbol's news count ``now``."""
         return OpenOrder(self.order_id, self.side, self.qty, self.price, self.cum_qty, self.leaves_qty,
                          now - self.born, self.canceling)
-
-
-def rule_for(cfg: config_mod.Config, spec: config_mod.Strategy) -> Any:
-    """The strategy's rule, built from its table; ConfigError if it cannot be,
-    or if it wants more ticks than the ring keeps."""
-    rule = load_rule(spec)
-    if rule.history > cfg.book.ring_len:
-        raise config_mod.ConfigError(f"{spec.table}.rule: {spec.rule} wants {rule.history} ticks; "
-                                     f"book.ring_len keeps {cfg.book.ring_len}")
-    return rule
 
 
 class Trader:
@@ -295,15 +227,10 @@ class Trader:
         if not ticks:
             return  # never priced
         position = self.position(news.symbol)
+        open_orders = self.open_orders(news.symbol)
         try:
-            if self.open_aware:
-                open_orders = self.open_orders(news.symbol)
-                if open_orders:
-                    self._cancel(self.rule.cancels(ticks, news, open_orders), news)
-                    open_orders = self.open_orders(news.symbol)
-                d = self.rule.decide(ticks, news, position, open_orders)
-            else:  # a rule of the interface before the venue: what is open counts as filled
-                d = self.rule.decide(ticks, news, exposure(position, self.open_orders(news.symbol)))
+            d, asked = ask(self.rule, self.open_aware, ticks, news, position, open_orders,
+                           lambda ids: self._cancel(ids, news))
         except Exception as e:
             self.log.error("rule_failed", rule=self.spec.rule, error=f"{type(e).__name__}: {e}",
                            symbol=news.symbol, news_seq=news.seq, sentiment=news.sentiment, news_ts_ns=news.ts_ns,
@@ -317,10 +244,11 @@ class Trader:
                            f"None, ord_type, tif): {d!r}", symbol=news.symbol, news_seq=news.seq,
                            sentiment=news.sentiment, news_ts_ns=news.ts_ns)
             return
-        self._send(news, ok, ticks[-1].price, ticks[0].tick_seq, ticks[-1].tick_seq, len(ticks))
+        self._send(news, ok, ticks, context(news.seq, ticks, position, open_orders, asked))
 
-    def _cancel(self, order_ids: Any, news: News) -> None:
-        """Send a cancel for each of these open orders of ours that has none on its way."""
+    def _cancel(self, order_ids: Any, news: News) -> list[OpenOrder]:
+        """Send a cancel for each of these open orders of ours that has none on its way; the open
+        orders of the news tick's symbol after."""
         assert self.om.conn is not None
         for oid in order_ids:
             o = self.orders.get(oid)
@@ -330,23 +258,27 @@ class Trader:
             self.om.conn.write(frame(Cancel(order_id=oid)))
             logs.hot("cancel_sent", client_id=self.client_id, order_id=oid, symbol=o.symbol, side=o.side,
                      leaves_qty=o.leaves_qty, price=o.price, age=self.news_count[o.symbol] - o.born)
+        return self.open_orders(news.symbol)
 
-    def _send(self, news: News, d: Decision, book_px: float, first: int, last: int, n: int) -> None:
+    def _send(self, news: News, d: Decision, ticks: Any, ctx: DecisionContext) -> None:
         assert self.om.conn is not None
         self.n += 1
-        ord_type: OrdType = d.ord_type or ("limit" if self.spec.ord_type == "limit" else "market")
-        market = ord_type == "market"
-        price = d.price if d.price is not None else protection(book_px, d.side) if market else book_px
-        tif: Tif = "ioc" if market else d.tif or "day"  # a market order is ioc at the venue anyway
+        ord_type, price, tif = pricing(d, ticks[-1].price, self.spec.ord_type)
         order = Order(order_id=f"{self.client_id}-{self.n}", symbol=news.symbol, side=d.side, qty=d.qty,
-                      price=price, ts_ns=time.time_ns(), tick_ts_ns=news.ts_ns, ord_type=ord_type, tif=tif)
+                      price=price, ts_ns=time.time_ns(), tick_ts_ns=news.ts_ns, ord_type=ord_type, tif=tif, ctx=ctx)
+        try:
+            data = frame(order)
+        except LocalProtocolError:  # a context too big for a frame (hundreds of open orders): sent without
+            order = msgspec.structs.replace(order, ctx=None)
+            data = frame(order)
         self.pending[order.order_id] = order
         self.orders[order.order_id] = Working(order.order_id, order.symbol, d.side, d.qty, price,
                                               self.news_count[news.symbol], leaves_qty=d.qty)
-        self.om.conn.write(frame(order))
+        self.om.conn.write(data)
         logs.hot("order_sent", client_id=self.client_id, order_id=order.order_id, symbol=order.symbol, side=d.side,
-                 qty=d.qty, price=price, ord_type=ord_type, tif=tif, sentiment=news.sentiment, ticks=n,
-                 first_tick_seq=first, last_tick_seq=last)
+                 qty=d.qty, price=price, ord_type=ord_type, tif=tif, sentiment=news.sentiment, ticks=len(ticks),
+                 first_tick_seq=ticks[0].tick_seq, last_tick_seq=ticks[-1].tick_seq, news_seq=news.seq,
+                 context=order.ctx is not None)
 
     # --- order entry ----------------------------------------------------------
 

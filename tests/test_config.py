@@ -11,8 +11,8 @@ import pytest
 
 from shared import config
 from shared.config import ConfigError
+from shared.decision import load_rule
 from shared.rule import MeanReversion, MeanReversionParams, RuleParams
-from shared.strategy import load_rule
 from shared.tape import TapeWriter
 
 ROOT = Path(__file__).resolve().parents[1]

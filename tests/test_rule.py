@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from shared.decision import checked, load_rule, protection, takes_open_orders
 from shared.rule import (
     Decision,
     MeanReversion,
@@ -29,7 +30,6 @@ from shared.rule import (
     to_target,
     zscore,
 )
-from shared.strategy import checked, load_rule, protection, takes_open_orders
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import msgspec
 import pytest
 import structlog
 
@@ -27,7 +28,20 @@ from shared.ops.chaos import faults
 from shared.ops.chaos.invariants import healed
 from shared.ops.ctl import strategy_programs
 from shared.ops.harness import PROGRAMS, Stack
-from shared.protocol import Ack, Cancel, Exec, Logon, LogonAck, News, OpenOrder, Order, Reject, decode
+from shared.protocol import (
+    Ack,
+    Cancel,
+    DecisionContext,
+    Exec,
+    Logon,
+    LogonAck,
+    News,
+    OpenOrder,
+    Order,
+    Reject,
+    SeenOrder,
+    decode,
+)
 from shared.strategy import Trader
 
 USER_RULES = '''
@@ -430,6 +444,50 @@ def test_mean_reversion_rests_a_limit_order_and_cancels_it_when_stale(make_trade
     n = wire.orders[-1]
     assert (type(n), n.side, n.qty, n.ord_type) == (Order, "BUY", 7, "limit")
     assert [(r["order_id"], r["leaves_qty"], r["age"]) for r in log("cancel_sent")] == [(o.order_id, 7, 2)]
+    # What the rule saw goes with each order, for its journal line (stack-backtest --as-live)
+    assert o.ctx == DecisionContext(news_seq=1, tick_seqs=[1, 2, 3, 4, 5], position=0)
+    assert n.ctx == DecisionContext(news_seq=1, tick_seqs=[1, 2, 3, 4, 5], position=3)
+
+
+def test_an_order_carries_the_open_orders_its_rule_saw_and_the_cancels_it_asked(make_trader: Any,
+                                                                                 tmp_path: Path) -> None:
+    (tmp_path / "cancelall.py").write_text(CANCEL_ALL)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        t, w, wire, _ = make_trader({"rule": "cancelall:CancelAndBuy"})
+    finally:
+        sys.path.remove(str(tmp_path))
+    for k, px in enumerate(RISING, 1):
+        w.write(0, px, k, k)
+    t._on_tick(news("AAPL", 50))
+    first = wire.orders[-1]
+    feed(t, Ack(order_id=first.order_id, order_no=1, duplicate=False), execution(first.order_id, 1, "new", leaves=1))
+    t._on_tick(news("AAPL", 50))
+    cancel, second = wire.orders[-2:]
+    assert type(cancel) is Cancel and type(second) is Order
+    assert second.ctx == DecisionContext(news_seq=1, tick_seqs=[7, 8], position=0, open_orders=[
+        SeenOrder(first.order_id, "BUY", 1, 110.0, 0, 1, 1)], cancels=[first.order_id])
+    assert msgspec.json.decode(msgspec.json.encode(second), type=Order) == second  # as the ordermanager reads it
+
+
+CANCEL_ALL = """
+from dataclasses import dataclass
+from shared.rule import Decision, Rule
+
+
+class CancelAndBuy(Rule):
+    @dataclass(frozen=True)
+    class Params:
+        pass
+
+    history = 2
+
+    def cancels(self, ticks, news, open_orders):
+        return [o.order_id for o in open_orders] + ["not-mine", 7]
+
+    def decide(self, ticks, news, position, open_orders):
+        return Decision("BUY", 1, ord_type="limit")
+"""
 
 
 def test_a_cancel_refused_as_unknown_order_keeps_the_fills(make_trader: Any) -> None:

@@ -27,8 +27,8 @@ from typing import Any
 from supervisor.xmlrpc import SupervisorTransport
 
 from shared import book, config, promconf
+from shared.decision import rule_for
 from shared.lifecycle import is_supervisord
-from shared.strategy import rule_for
 
 SERVERURL = "unix:///tmp/tradestack/supervisor.sock"
 # The order orphans are stopped in: order entry first, the venue, the book's feed next, the auditor last.

@@ -21,11 +21,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from shared import book, config
+from shared.decision import load_rule
 from shared.execjournal import read_base, read_lines
 from shared.execstate import ExecLine
 from shared.ops import pnlaudit
 from shared.protocol import TERMINAL
-from shared.strategy import load_rule
 
 Ack = tuple[str, str, int]  # (client_id, order_id, order_no) the ordermanager acked
 

@@ -10,6 +10,7 @@ checks and the stack's P&L code, with no sockets and no processes (contract
 - ``backtest.py``: a run over a tape from a config; ``report.py``: its text and JSON;
 - ``sweep.py``: the grid, run by a local process pool or a Dask cluster;
 - ``plot.py``: ``--plot`` (matplotlib); ``cli.py``: the command line;
+- ``aslive.py``: ``--as-live``, a live session's orders asked again of their rules from its tape;
 - ``sampletape.py``: the shipped sample tape and the bench's big one, made deterministically.
 
 The tape and ``stack-record`` are ``shared/tape.py`` and ``shared/recorder.py``.

@@ -20,13 +20,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from shared import config as config_mod
+from shared.decision import rule_for
 from shared.matching import Engine
 from shared.ops.research.equity import Equity
 from shared.ops.research.feed import Chunk, Feed
 from shared.ops.research.sim import NewsTick, Sim
 from shared.risk import Risk
 from shared.rule import Tick
-from shared.strategy import rule_for
 
 VENUE_DEFAULTS = {"spread_bps": 2.0, "depth": 100}  # [exchange]'s, where the config has none
 

@@ -1,10 +1,14 @@
 """``stack-backtest`` (``deploy/backtest``): a strategy of the config run over a
 tape (contract §10); ``--sweep`` runs a grid of its params.
 
+``--as-live`` asks the rules again at the decision points of a live session's
+orders (``aslive``).
+
 Exit status: 0 done; 1 the tape cannot be read (not a tape, a newer version, a
-bad record) or a Dask cluster cannot be reached; 2 a bad command line or config
-(an unknown strategy, a param its rule does not have, a value of the wrong
-type), each said in one line.
+bad record) or a Dask cluster cannot be reached, or with ``--as-live`` a live
+order was not reproduced; 2 a bad command line or config (an unknown
+strategy, a param its rule does not have, a value of the wrong type, no
+journal), each said in one line.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=PROG, description="Run a strategy's rule over a tape through the venue's "
                                  "matching engine, the risk limits and the P&L code; no sockets, no processes.")
     ap.add_argument("--tape", required=True, help="a tape (stack-record; deploy/tapes/sample.tape)")
-    ap.add_argument("--strategy", default="", metavar="NAME",
-                    help="the [strategies.NAME] table (default: [strategy])")
+    ap.add_argument("--strategy", default=None, metavar="NAME",
+                    help="the [strategies.NAME] table (default: [strategy]; with --as-live: every strategy)")
     ap.add_argument("--config", default=None, help="the config (default: STACK_CONFIG or deploy/stack.toml)")
     ap.add_argument("--json", action="store_true", help="orders, fills, clients (as stack-audit --json) and a summary")
     ap.add_argument("--plot", metavar="FILE.png", help="draw P&L over time per symbol, with the drawdown")
@@ -40,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
                     help="a grid over the rule's params (several allowed); one row per combination, by P&L")
     ap.add_argument("--scheduler", metavar="tcp://HOST:8786", help="run the sweep on this Dask cluster")
     ap.add_argument("--workers", type=int, default=None, help="processes of a local sweep (default: one per core)")
+    ap.add_argument("--as-live", action="store_true", help="ask the rules again at the decision points of a live "
+                    "session's orders (the journal) from its tape; report the orders reproduced exactly, and why not")
+    ap.add_argument("--journal", default=None, help="with --as-live: the order journal (default: the config's)")
     return ap
 
 
@@ -86,9 +93,42 @@ def _sweep(a: argparse.Namespace, cfg: config_mod.Config) -> None:
     sys.stdout.write(json.dumps(rows, indent=1) + "\n" if a.json else sweep.table(rows))
 
 
+def _as_live(a: argparse.Namespace, cfg: config_mod.Config) -> None:
+    """--as-live: exit 0 when every live order is reproduced exactly, 1 when one is not."""
+    from shared import journal as journal_mod
+    from shared.ops.research import aslive
+
+    path = a.journal or str(cfg.resolve(cfg.ordermanager.journal))
+    if not journal_mod.segments(path):
+        fail(2, f"--journal {path}: no such journal")
+    try:
+        index = aslive.TapeIndex(a.tape)
+    except tape_mod.TapeError as e:
+        fail(1, str(e))
+    if index.dropped_bytes:
+        print(f"{PROG}: {a.tape}: its last record is cut short: read to the last whole one", file=sys.stderr)
+    names = [a.strategy] if a.strategy is not None else ["", *cfg.strategies]
+    try:
+        replays = aslive.replay(cfg, index, list(journal_mod.read(path)), names)
+    except config_mod.ConfigError as e:
+        fail(2, f"bad config: {e}")
+    sys.stdout.write(aslive.to_json(aslive.document(replays, path, a.tape, index)) + "\n" if a.json
+                     else aslive.text(replays, path, a.tape, index))
+    if any(r.reproduced < len(r.verdicts) for r in replays):
+        raise SystemExit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     a = parser().parse_args(argv)
-    cfg = _config(a.config, a.strategy)
+    cfg = _config(a.config, a.strategy or "")
+    if a.as_live:
+        if a.sweep or a.plot or a.scheduler:
+            fail(2, "--as-live replays a live session: no --sweep, --plot or --scheduler")
+        _as_live(a, cfg)
+        return
+    if a.journal:
+        fail(2, "--journal is read by --as-live")
+    a.strategy = a.strategy or ""
     if a.scheduler and not a.sweep:
         fail(2, "--scheduler runs a --sweep; give one")
     if a.plot and a.sweep:

@@ -16,7 +16,6 @@ a counter, as live, so the same tape gives the same ids.
 from __future__ import annotations
 
 import inspect
-import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,13 +23,13 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from shared.decision import checked, pricing, takes_open_orders
 from shared.matching import Engine, Exec
 from shared.pnl import Position
 from shared.risk import Risk
 from shared.rule import Tick
 
 TERMINAL = ("filled", "canceled", "expired")
-PROTECTION = 0.01  # a market order's protection price: this far through the book's price (VENUE.md)
 
 
 class NewsTick(NamedTuple):
@@ -83,31 +82,14 @@ class Working:
     leaves_qty: int = 0
 
 
-def takes_open_orders(rule: Any) -> bool:
-    """Whether the rule's ``decide`` takes ``open_orders`` (a fourth argument), as the live strategy asks."""
-    try:
-        params = list(inspect.signature(rule.decide).parameters.values())
-    except (TypeError, ValueError):
-        return True
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        return True
-    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) >= 4
-
-
 def priced(d: Any, last: float, default_type: str) -> Order | None:
-    """A rule's answer, ``(side, qty[, price, ord_type, tif])``, as the strategy sends it; None if it is not one."""
-    if not isinstance(d, tuple) or not 2 <= len(d) <= 5:
+    """A rule's answer, ``(side, qty[, price, ord_type, tif])``, as the strategy sends it (its own code,
+    ``shared.decision``); None if it is not one."""
+    ok = checked(d)
+    if ok is None:
         return None
-    side, qty, price, ord_type, tif = (*d, None, None, None)[:5]
-    if (side not in ("BUY", "SELL") or type(qty) is not int or qty <= 0 or ord_type not in (None, "limit", "market")
-            or tif not in (None, "day", "ioc") or (price is not None and not (
-                type(price) in (int, float) and math.isfinite(price) and price > 0))):
-        return None
-    ord_type = ord_type or default_type
-    if ord_type == "market":
-        px = price if price is not None else round(last * (1 + PROTECTION if side == "BUY" else 1 - PROTECTION), 2)
-        return Order(side, qty, px, "market", "ioc")
-    return Order(side, qty, price if price is not None else last, "limit", tif or "day")
+    ord_type, price, tif = pricing(ok, last, default_type)
+    return Order(ok.side, ok.qty, price, ord_type, tif)
 
 
 @dataclass
