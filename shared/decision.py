@@ -106,10 +106,26 @@ def ask(rule: Any, open_aware: bool, ticks: Any, news: Any, position: int, open_
     return rule.decide(ticks, news, position, open_orders), asked
 
 
+def runs(seqs: list[int]) -> list[tuple[int, int]]:
+    """Seqs as runs of consecutive ones, [first, last] each: a window is one run unless the ring had a hole."""
+    out: list[tuple[int, int]] = []
+    for s in seqs:
+        if out and s == out[-1][1] + 1:
+            out[-1] = (out[-1][0], s)
+        else:
+            out.append((s, s))
+    return out
+
+
+def seqs_of(window: list[tuple[int, int]]) -> list[int]:
+    """The seqs of ``runs``' output again."""
+    return [s for first, last in window for s in range(first, last + 1)]
+
+
 def context(news_seq: int, ticks: Any, position: int, open_orders: list[OpenOrder],
             asked: list[str]) -> DecisionContext:
     """What the rule saw, for the order's journal line (``stack-backtest --as-live``)."""
-    return DecisionContext(news_seq=news_seq, tick_seqs=[t.tick_seq for t in ticks], position=position,
+    return DecisionContext(news_seq=news_seq, window=runs([t.tick_seq for t in ticks]), position=position,
                            open_orders=[SeenOrder(*o) for o in open_orders], cancels=asked)
 
 

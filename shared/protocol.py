@@ -107,7 +107,7 @@ class DecisionContext(msgspec.Struct, frozen=True):
     ordermanager journals it as it is, so ``stack-backtest --as-live`` can ask the rule again from a tape."""
 
     news_seq: int  # the news tick's seq (its ts_ns is the order's tick_ts_ns)
-    tick_seqs: list[int]  # the window: the seq of each tick the rule got, oldest first
+    window: list[tuple[int, int]]  # the seqs of the ticks the rule got, oldest first, as runs [first, last]
     position: int  # filled, signed
     open_orders: list[SeenOrder] = []  # its open orders in the symbol, before the cancels below
     cancels: list[str] = []  # those of them it asked to cancel first (a cancel went out, or was on its way)

@@ -20,6 +20,7 @@ import pytest
 
 from shared import config
 from shared import tape as tape_mod
+from shared.decision import runs, seqs_of
 from shared.journal import Entry
 from shared.ops import haltcmd
 from shared.ops.chaos import faults
@@ -77,7 +78,7 @@ def line(no: int, cid: str, side: str, qty: int, price: float, tick_ts_ns: int, 
 
 def ctx(news_seq: int, seqs: list[int], position: int = 0, opens: list[SeenOrder] | None = None,
         cancels: list[str] | None = None) -> DecisionContext:
-    return DecisionContext(news_seq=news_seq, tick_seqs=seqs, position=position, open_orders=opens or [],
+    return DecisionContext(news_seq=news_seq, window=runs(seqs), position=position, open_orders=opens or [],
                            cancels=cancels or [])
 
 
@@ -107,9 +108,17 @@ def test_orders_the_rule_decides_again_are_reproduced(tmp_path: Path) -> None:
     assert got == {"strategy-1": [("strategy-1-1", None), ("strategy-1-3", None)], "revert": [("revert-2", None)]}
 
 
+def test_a_window_is_kept_as_runs_of_seqs() -> None:
+    assert runs([]) == [] and seqs_of([]) == []
+    assert runs([5, 6, 7, 8]) == [(5, 8)]  # a whole window: one run
+    assert runs([2, 4, 5, 9]) == [(2, 2), (4, 5), (9, 9)]  # holes the ring had show
+    for seqs in ([1], [3, 4, 10, 11, 12], list(range(100, 356))):
+        assert seqs_of(runs(seqs)) == seqs
+
+
 def test_a_journal_line_holds_the_context_as_it_came_and_none_without(tmp_path: Path) -> None:
     c = ctx(2, [2, 4, 5], opens=[RESTING], cancels=["revert-1"])
-    assert json.loads(line(1, "revert", "BUY", 5, 95.0, 5_500, c))["ctx"] == msgspec.to_builtins(c)
+    assert json.loads(line(1, "revert", "BUY", 5, 95.0, 5_500, c))["ctx"] == json.loads(msgspec.json.encode(c))
     assert b'"ctx"' not in line(1, "strategy-1", "BUY", 10, 102.01, 3_500, None)  # a line as before
 
 
@@ -212,8 +221,8 @@ def holes(tape: Path, orders: list[dict[str, Any]]) -> int:
     index = aslive.TapeIndex(str(tape))
     n = 0
     for e in orders:
-        seqs = e.get("ctx", {}).get("tick_seqs", [])
-        pos = np.searchsorted(index.prices[e["symbol"]].key, seqs)  # one gateway session: the key is the seq
+        window = e.get("ctx", {}).get("window", [])
+        pos = np.searchsorted(index.prices[e["symbol"]].key, seqs_of(window))  # one gateway session: key = seq
         n += bool(len(pos) and (np.diff(pos) != 1).any())
     return n
 

@@ -445,8 +445,8 @@ def test_mean_reversion_rests_a_limit_order_and_cancels_it_when_stale(make_trade
     assert (type(n), n.side, n.qty, n.ord_type) == (Order, "BUY", 7, "limit")
     assert [(r["order_id"], r["leaves_qty"], r["age"]) for r in log("cancel_sent")] == [(o.order_id, 7, 2)]
     # What the rule saw goes with each order, for its journal line (stack-backtest --as-live)
-    assert o.ctx == DecisionContext(news_seq=1, tick_seqs=[1, 2, 3, 4, 5], position=0)
-    assert n.ctx == DecisionContext(news_seq=1, tick_seqs=[1, 2, 3, 4, 5], position=3)
+    assert o.ctx == DecisionContext(news_seq=1, window=[(1, 5)], position=0)
+    assert n.ctx == DecisionContext(news_seq=1, window=[(1, 5)], position=3)
 
 
 def test_an_order_carries_the_open_orders_its_rule_saw_and_the_cancels_it_asked(make_trader: Any,
@@ -465,7 +465,7 @@ def test_an_order_carries_the_open_orders_its_rule_saw_and_the_cancels_it_asked(
     t._on_tick(news("AAPL", 50))
     cancel, second = wire.orders[-2:]
     assert type(cancel) is Cancel and type(second) is Order
-    assert second.ctx == DecisionContext(news_seq=1, tick_seqs=[7, 8], position=0, open_orders=[
+    assert second.ctx == DecisionContext(news_seq=1, window=[(7, 8)], position=0, open_orders=[
         SeenOrder(first.order_id, "BUY", 1, 110.0, 0, 1, 1)], cancels=[first.order_id])
     assert msgspec.json.decode(msgspec.json.encode(second), type=Order) == second  # as the ordermanager reads it
 

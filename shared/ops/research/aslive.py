@@ -30,7 +30,7 @@ import numpy as np
 
 from shared import config as config_mod
 from shared import tape as tape_mod
-from shared.decision import ask, checked, pricing, rule_for, takes_open_orders
+from shared.decision import ask, checked, pricing, rule_for, seqs_of, takes_open_orders
 from shared.protocol import DecisionContext
 from shared.rule import OpenOrder, Tick
 
@@ -170,12 +170,13 @@ def verdict(rule: Any, open_aware: bool, default_type: str, index: TapeIndex, en
     symbol, sentiment, session = found
     if symbol != entry["symbol"]:
         return f"news tick seq {c.news_seq} is {symbol}'s on the tape, the order {entry['symbol']}'s"
-    if not c.tick_seqs:
+    seqs = seqs_of(c.window)
+    if not seqs:
         return "its window is empty"
-    ticks, missing = index.window(symbol, c.tick_seqs, session)
+    ticks, missing = index.window(symbol, seqs, session)
     if missing:
         shown = ", ".join(map(str, missing[:SHOWN_SEQS])) + (", ..." if len(missing) > SHOWN_SEQS else "")
-        return f"window: {len(missing)} of {len(c.tick_seqs)} ticks not on the tape (seq {shown})"
+        return f"window: {len(missing)} of {len(seqs)} ticks not on the tape (seq {shown})"
     opens = [OpenOrder(*msgspec.structs.astuple(o)) for o in c.open_orders]
     news = NewsTick(symbol, sentiment, int(entry["tick_ts_ns"]), c.news_seq)
     try:
