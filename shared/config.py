@@ -35,6 +35,7 @@ from shared.configtypes import (
     Metrics,
     OrderManager,
     Prometheus,
+    Recorder,
     Risk,
     RiskLimits,
     Strategy,
@@ -57,6 +58,7 @@ __all__ = [
     "Metrics",
     "OrderManager",
     "Prometheus",
+    "Recorder",
     "ROLES",
     "ROOT",
     "Risk",
@@ -208,6 +210,10 @@ def _validate(cfg: Config) -> None:
     _validate_hosts(cfg)
     _validate_tape(cfg)
     _validate_prometheus(cfg)
+    if cfg.recorder.roll_mb < 0:
+        raise ConfigError(f"recorder.roll_mb: must be >= 0 (0: one tape per start), got {cfg.recorder.roll_mb}")
+    if cfg.recorder.enabled and not cfg.recorder.dir:
+        raise ConfigError("recorder.dir: must name the directory of the session tapes")
     om = cfg.ordermanager
     if om.journal_sync not in ("write", "fsync"):
         raise ConfigError("ordermanager.journal_sync: must be 'write' or 'fsync'")

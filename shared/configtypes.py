@@ -153,6 +153,17 @@ class Prometheus:
 
 
 @dataclass(frozen=True)
+class Recorder:
+    """``[recorder]``: the stack records all the time (off by default): the supervisord program
+    ``recorder`` writes every tick it receives to a new tape at each start, ``dir``/session-<UTC
+    start>-<pid>.tape, closed as .1, .2, ... past ``roll_mb`` (shared/recorder.py, contract §10)."""
+
+    enabled: bool = False
+    dir: str = "logs/tapes"
+    roll_mb: float = 256.0  # 0: one file per start, however large
+
+
+@dataclass(frozen=True)
 class RiskLimits:
     """One client's pre-trade limits at the ordermanager; 0 = no limit."""
 
@@ -225,6 +236,7 @@ class Config:
     risk: Risk = field(default_factory=Risk)
     metrics: Metrics = field(default_factory=Metrics)
     prometheus: Prometheus = field(default_factory=Prometheus)
+    recorder: Recorder = field(default_factory=Recorder)
     host: Host = field(default_factory=Host)
     tls: Tls = field(default_factory=Tls)
     path: str = ""  # the file it came from (not a key)
@@ -247,6 +259,8 @@ class Config:
             return True
         if program == "prometheus":
             return self.prometheus.enabled
+        if program == "recorder":
+            return self.recorder.enabled
         base = "strategy" if program.startswith("strategy-") else program
         return any(base in ROLES[r] for r in self.host.roles)
 

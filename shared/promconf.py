@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -137,18 +136,3 @@ def prepare(cfg: config.Config) -> list[str]:
         tmp.write_text(text)
         tmp.replace(path)
     return command(cfg, binary)
-
-
-def program(conf_text: str) -> str:
-    """The supervisord section of the ``prometheus`` program: a copy of ``[program:metrics]``
-    from ``conf_text`` (same paths, restarts and logs) whose command runs daemons/prometheus.py."""
-    lines = conf_text.splitlines()
-    start = lines.index("[program:metrics]")
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
-    while lines[end - 1].startswith(";") or not lines[end - 1].strip():
-        end -= 1  # the next section's comment
-    section = "\n".join(lines[start:end]).replace("[program:metrics]", f"[program:{PROGRAM}]", 1)
-    section, n = re.subn(r"^(command=.*daemons/)metrics\.py$", rf"\g<1>{PROGRAM}.py", section, count=1, flags=re.M)
-    assert n == 1, "[program:metrics] has no command running daemons/metrics.py"
-    return "; Prometheus beside the stack ([prometheus] enabled = true): shared/promconf.py.\n" + section + "\n"
-

@@ -13,6 +13,7 @@ tick: a ``recording`` record every 10 s, and ``recorded`` at the end.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import msgspec
 
 from shared import config as config_mod
 from shared import logs, tls
-from shared.lifecycle import Stop
+from shared.lifecycle import Stop, StopRequested
 from shared.net import Client, Conn, Loop, Sequence
 from shared.protocol import BadMessage, Heartbeat, Hello, Message, News, Price, Reject
 from shared.tape import TapeError, TapeWriter
@@ -175,6 +176,35 @@ class Recorder:
         return {"out": str(self.writer.path), **self.price.stats(), **self.news.stats(),
                 "records": self.writer.records, "skipped": self.skipped, "files": self.writer.closed_files + 1,
                 "bytes": self.writer.nbytes, "seconds": round(seconds, 3), "per_s": round(ticks / max(seconds, 1e-9))}
+
+
+class Session:
+    """The supervised program ``recorder`` ([recorder] enabled): records until it is stopped, to a
+    new tape at each start (a tape is never overwritten), rolled by size; ``lifecycle.run`` drives it."""
+
+    def __init__(self, cfg: config_mod.Config, log: Any) -> None:
+        r = cfg.recorder
+        folder = cfg.resolve(r.dir)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        self.out = folder / f"session-{stamp}-{os.getpid()}.tape"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            writer = TapeWriter(self.out, roll_bytes=int(r.roll_mb * 1_000_000))
+        except OSError as e:  # supervisord retries, then says FATAL
+            log.error("tape_unwritable", out=str(self.out), error=e.strerror or str(e))
+            raise SystemExit(1) from None
+        self.log, self.rec = log, Recorder(cfg, log, writer)
+        log.info("recording", out=str(self.out), roll_mb=r.roll_mb)
+
+    def step(self) -> None:
+        try:
+            self.rec.step(time.monotonic() + 1.0)
+        except OSError as e:  # a full disk: stop, keeping what the tape holds; supervisord starts a new one
+            self.log.error("write_failed", out=str(self.out), error=e.strerror or str(e))
+            raise StopRequested("write_failed") from None
+
+    def shutdown(self, deadline: float) -> None:
+        self.log.info("recorded", **self.rec.close())
 
 
 def main(argv: list[str] | None = None) -> int:

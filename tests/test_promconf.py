@@ -13,6 +13,7 @@ import pytest
 
 from shared import config, promconf
 from shared.config import ConfigError
+from shared.ops import ctl
 
 ROOT = config.ROOT
 
@@ -95,7 +96,7 @@ def test_prepare_writes_the_rendered_file(tmp_path: Path) -> None:
 
 def test_program_is_the_metrics_section_renamed() -> None:
     text = (ROOT / "deploy" / "supervisord.conf").read_text()
-    section = promconf.program(text)
+    section = ctl.copy_program(text, "prometheus", "Prometheus beside the stack.")
     cp = configparser.RawConfigParser()
     cp.read_string(text.split("[include]")[0] + section)
     prog, metrics = cp["program:prometheus"], cp["program:metrics"]

@@ -372,3 +372,54 @@ def test_a_replay_at_speed_keeps_the_recorded_pace(
     arrived = sorted(heard.arrived["price"] + heard.arrived["news"])
     took = arrived[-1] - arrived[0]
     assert span / 4 * 0.8 <= took <= span / 4 + 1.0, (took, span)
+
+
+# --- the stack recording all the time ([recorder] enabled) -----------------------
+
+
+def test_an_enabled_recorder_records_all_the_time_rolling_and_a_new_tape_per_start(
+        make_stack: Any, tmp_path: Path) -> None:
+    """A supervised ``recorder`` beside the stack: tapes rolled by size; kill -9 of it loses no tape
+    (supervisord starts it again, on a new one); every file reads back, each stream's seqs rising."""
+    from shared.ops.chaos import faults
+
+    tapes = tmp_path / "tapes"
+    s = make_stack({"recorder": {"enabled": True, "dir": str(tapes), "roll_mb": 0.02},
+                    "gateway": {"price_rate": 300, "news_rate": 20}})
+    s.wait_running(("recorder",))
+
+    def bases() -> list[Path]:
+        return sorted(p for p in tapes.glob("session-*.tape"))
+
+    def wait(what: str, predicate: Any, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
+
+    wait("a first tape rolled", lambda: len(bases()) == 1 and len(tape.files(bases()[0])) >= 2)
+    first = bases()[0]
+    old = faults.kill(s, "recorder", signal.SIGKILL)
+    wait("a second tape after the restart", lambda: len(bases()) == 2 and s.pids().get("recorder") not in (0, old))
+    second = [b for b in bases() if b != first][0]
+    wait("ticks on the second tape", lambda: sum(t.records.size for t in tape.read_all(second)) > 0)
+    s.ctl("stop", "recorder", check=True)
+    done = [r for r in s.events("recorder", "recorded")]
+    assert done and done[-1]["out"] == str(second) and done[-1]["price_gaps"] == 0, done
+    for base in (first, second):  # every rolled file and the open one (a kill -9's cut last record is left out)
+        recs = np.concatenate([t.records for t in tape.read_all(base)])
+        assert recs.size > 0
+        for kind in (0, 1):  # each stream's seqs rise, one gateway session
+            assert (np.diff(recs["seq"][recs["kind"] == kind].astype(np.int64)) > 0).all()
+    assert len(tape.files(first)) >= 2
+
+
+def test_the_recorder_program_is_there_only_when_enabled() -> None:
+    from shared.ops import ctl
+
+    text = (config.ROOT / "deploy" / "supervisord.conf").read_text()
+    assert "[program:recorder]" not in ctl.render(config.parse({}), text, "/x")  # off by default
+    on = ctl.render(config.parse({"recorder": {"enabled": True}}), text, "/x")
+    assert "[program:recorder]" in on and "/x/../daemons/recorder.py" in on
+    with pytest.raises(config.ConfigError, match="recorder.roll_mb"):
+        config.parse({"recorder": {"roll_mb": -1}})

@@ -31,8 +31,10 @@ from shared.decision import rule_for
 from shared.lifecycle import is_supervisord
 
 SERVERURL = "unix:///tmp/tradestack/supervisor.sock"
-# The order orphans are stopped in: order entry first, the venue, the book's feed next, the auditor last.
-STOP_ORDER = ("strategy", "ordermanager", "exchange", "orderbook", "gateway", "bootstrap", "metrics", "auditor")
+# The order orphans are stopped in: the recorder and order entry first, the venue, the book's feed next,
+# the auditor last.
+STOP_ORDER = ("recorder", "strategy", "ordermanager", "exchange", "orderbook", "gateway", "bootstrap", "metrics",
+              "auditor")
 TERM_WAIT_S = 10.0  # supervisord.conf's stopwaitsecs: a daemon drains within 5 s
 PROGRAMS_FILE = "strategies.conf"  # beside supervisord.conf, which includes it
 
@@ -54,8 +56,26 @@ def strategy_programs(conf_text: str, cfg: config.Config) -> str:
         assert n == 1, "[program:strategy] has no command running daemons/strategy.py"
         out += ["", s]
     if cfg.prometheus.enabled:
-        out += ["", promconf.program(conf_text)]
+        out += ["", copy_program(conf_text, promconf.PROGRAM, "Prometheus beside the stack ([prometheus] enabled = "
+                                 "true): shared/promconf.py.")]
+    if cfg.recorder.enabled:
+        out += ["", copy_program(conf_text, "recorder", "The stack records all the time ([recorder] enabled = true): "
+                                 "shared/recorder.py.")]
     return "\n".join(out) + "\n"
+
+
+def copy_program(conf_text: str, program: str, comment: str) -> str:
+    """The supervisord section of ``program``: a copy of ``[program:metrics]`` from ``conf_text``
+    (same paths, restarts and logs) whose command runs daemons/<program>.py."""
+    lines = conf_text.splitlines()
+    start = lines.index("[program:metrics]")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+    while lines[end - 1].startswith(";") or not lines[end - 1].strip():
+        end -= 1  # the next section's comment
+    section = "\n".join(lines[start:end]).replace("[program:metrics]", f"[program:{program}]", 1)
+    section, n = re.subn(r"^(command=.*daemons/)metrics\.py$", rf"\g<1>{program}.py", section, count=1, flags=re.M)
+    assert n == 1, "[program:metrics] has no command running daemons/metrics.py"
+    return f"; {comment}\n{section}\n"
 
 
 def write_programs(conf: Path, cfg: config.Config) -> Path:
@@ -94,7 +114,7 @@ def render(cfg: config.Config, text: str, here: str) -> str:
     ``[strategies.<name>]`` programs written in place of the ``[include]`` of strategies.conf, and
     ``%(here)s`` made absolute so the file may live elsewhere (deploy/up writes it under /tmp)."""
     include = f"[include]\nfiles = {PROGRAMS_FILE}\n"
-    if (cfg.strategies or cfg.prometheus.enabled) and include in text:
+    if (cfg.strategies or cfg.prometheus.enabled or cfg.recorder.enabled) and include in text:
         text = text.replace(include, strategy_programs(text, cfg))
     out, keep = [], True
     for line in text.splitlines(keepends=True):
