@@ -348,7 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="the journal's figures instead: restart after N orders, RSS, a full disk (issue 8)")
     ap.add_argument("--orders", type=int, help="with --journal: orders in the journal (default 5,000,000)")
     ap.add_argument("--venue", action="store_true", help="only the venue's figures: the matching engine, the "
-                    "exchange's restart on a long journal (issue 15)")
+                    "exchange's restart on a long journal, decision → new and → fill beside the four-hop floor "
+                    "(issue 15)")
     ap.add_argument("--suite", action="store_true", help="only the timing figures the test suite no longer judges: "
                     "the tick ring's race, ack waits under bad input, the kill switch, short heartbeats "
                     "(shared/ops/bench/suite.py)")
