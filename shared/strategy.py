@@ -278,7 +278,7 @@ class Trader:
         logs.hot("order_sent", client_id=self.client_id, order_id=order.order_id, symbol=order.symbol, side=d.side,
                  qty=d.qty, price=price, ord_type=ord_type, tif=tif, sentiment=news.sentiment, ticks=len(ticks),
                  first_tick_seq=ticks[0].tick_seq, last_tick_seq=ticks[-1].tick_seq, news_seq=news.seq,
-                 context=order.ctx is not None)
+                 context=order.ctx is not None, ts_ns=order.ts_ns)
 
     # --- order entry ----------------------------------------------------------
 
@@ -366,7 +366,7 @@ class Trader:
         counted = e.exec_id <= self.counted
         logs.hot("exec_received", client_id=self.client_id, order_id=e.order_id, exec_id=e.exec_id,
                  status=e.status, symbol=e.symbol, side=e.side, last_qty=e.last_qty, last_px=e.last_px,
-                 cum_qty=e.cum_qty, leaves_qty=e.leaves_qty, counted=counted)
+                 cum_qty=e.cum_qty, leaves_qty=e.leaves_qty, counted=counted, recv_ns=time.time_ns())
         self.seen = e.exec_id
         self.last_exec_id = max(self.last_exec_id or 0, e.exec_id)
         w = self.orders.get(e.order_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,8 @@ ROWS = [
     "recovery kill -9 ordermanager → acks flow p50", "recovery kill -9 ordermanager → acks flow p99",
     "backtest of the §7 rule", "backtest peak RSS",
     "RSS exchange", "matching engine, ", "exchange restart, 10,000 resting, ",
+    "four-hop floor, decision → new / fill", "decision → new p50 at the strategy (µs), 1 strategy",
+    "decision → fill p99 at the strategy (µs), 1 strategy", "decision → new / fill samples, 1 strategy",
 ]
 NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?")
 
@@ -64,6 +67,38 @@ def test_bench_quick_report_shape(tmp_path: Path) -> None:
     assert out.read_text().startswith(r.stdout.strip())
     if importlib.util.find_spec("matplotlib"):
         assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_fourhop_quick(tmp_path: Path) -> None:
+    """python -m shared.ops.bench.fourhop, small: the floor's rows and the strategy's decision → new and → fill
+    beside it, with numbers that make sense (the floor's fills after their news); no speed is judged."""
+    r = subprocess.run([sys.executable, "-m", "shared.ops.bench.fourhop", "--seconds", "3", "--floor-seconds", "1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    body = {cells[0]: cells for cells in ([c.strip() for c in ln.strip("|").split("|")]
+                                          for ln in r.stdout.splitlines()[2:] if ln.startswith("|"))}
+    assert all(len(cells) == 7 for cells in body.values()), body
+
+    def row(start: str) -> list[str]:
+        return next(cells for f, cells in body.items() if f.startswith(start))
+
+    floor = row("four-hop floor, decision → new / fill p50 / p99 (µs), ")
+    assert _number(floor[0].rsplit("(µs), ", 1)[1]) >= 50, floor[0]  # orders through it, at the stack's pace
+    for cell in (floor[1], floor[2]):  # new p50 / p99 / fill p50 / p99, idle and while trading
+        new50, new99, fill50, fill99 = (_number(x) for x in cell.split(" / "))
+        assert 0 < new50 <= new99 and 0 < fill50 <= fill99 and new50 <= fill50 and new99 <= fill99, cell
+    got = {}
+    for what in ("new", "fill"):
+        for q in ("p50", "p99"):
+            cells = row(f"decision → {what} {q} at the strategy (µs), 1 strategy, market orders")
+            got[what, q] = _number(cells[1], cells[0])
+            assert got[what, q] > 0 and _number(cells[2]) > 0 and _number(cells[3]) > 0, cells
+            assert cells[2].endswith("four-hop floor"), cells
+            assert cells[6] in (("pass", "FAIL") if q == "p50" else ("",)), cells
+    assert got["new", "p50"] <= got["new", "p99"] and got["fill", "p50"] <= got["fill", "p99"], got
+    samples = row("decision → new / fill samples, 1 strategy")[1]
+    new, fill, orders = (int(x.replace(",", "")) for x in re.findall(r"[\d,]+", samples)[:3])
+    assert 0 < new <= orders and 0 < fill <= orders and "market" in samples, samples
 
 
 JOURNAL_ROWS = [

@@ -57,11 +57,12 @@ class Plan:
     backtest_prices: int = 10_000_000  # issue 16: the backtest's tape
     backtest_news: int = 50_000
     venue_scale: int = 1  # the venue's restart journal and engine run, divided by this
+    fourhop_s: float = 7.0  # each run of the four-hop floor (issue 15), at the stack's pace: while it trades, then idle
 
 
 QUICK = Plan(feed_s=2.0, t2t_s=3.0, floor_n=200, raw_s=0.5, book_s=1.0, om_s=1.0, kills=1, up_kills=1, reads=20_000,
              windows_s=1.5, idle_s=1.5, strategies=(1, STRATEGIES), fanouts=(1, STRATEGIES), oe_orders=2_500,
-             backtest_prices=300_000, backtest_news=1_500, venue_scale=10)
+             backtest_prices=300_000, backtest_news=1_500, venue_scale=10, fourhop_s=1.0)
 
 
 @dataclass(frozen=True)

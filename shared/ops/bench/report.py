@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.ops.bench import backtest, venue
+from shared.ops.bench import backtest, fourhop, venue
 from shared.ops.bench.fanout import label
 from shared.ops.bench.plan import (
     BOOK_P99_US,
@@ -64,7 +64,7 @@ def verdict(ok: bool) -> str:
 
 
 Row = tuple[str, str, str, str, str, str, str]
-HEAD = ("figure", "stack", "reference (same run)", "stack/ref", "seed", "target (issues 4, 9, 17)", "pass/fail")
+HEAD = ("figure", "stack", "reference (same run)", "stack/ref", "seed", "target (issues 4, 9, 15, 17)", "pass/fail")
 
 
 def floor_of(res: dict[str, Any], n: int) -> dict[str, float]:
@@ -165,6 +165,8 @@ def rows(res: dict[str, Any]) -> list[Row]:
                 "", "", ""))
     if "venue" in res:  # issue 15: the matching engine, the exchange's restart
         out += venue.rows(res["venue"])
+    if "stack" in res.get("fourhop", {}):  # issue 15: decision → new and → fill beside the four-hop floor
+        out += fourhop.rows(res["fourhop"])
     for p in PROGRAMS:  # in operation: after the feed at full rate, and while trading
         mb = max(res[k].get(p, math.nan) for k in ("rss_feed", "rss_t2t"))
         out.append((f"RSS {p} (MB, peak of 2 samples in operation)", fmt(mb, 1),
@@ -258,6 +260,7 @@ def notes(res: dict[str, Any], plan: Plan, argv: Sequence[str]) -> str:
         f"- Seed: {SEED_T2T_MEAN_US / 1000:g} ms average tick-to-trade, {SEED_TICKS_S} ticks/s,"
         f" {SEED_BOOK_BYTES} bytes of book for 3 symbols (its own report; 8 cores)."
         f" Feed run: {'clean' if f['clean'] else 'NOT clean'}.",
+        *([fourhop.note(res["fourhop"])] if "stack" in res.get("fourhop", {}) else []),
         *([backtest.note(res["backtest"])] if "backtest" in res else []),
     ])
 

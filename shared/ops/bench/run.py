@@ -28,7 +28,7 @@ from typing import Any
 
 from shared.book import Segment
 from shared.config import ROOT
-from shared.ops.bench import ab, backtest, fanout, journal, loopback, orderentry, scrape, suite, venue
+from shared.ops.bench import ab, backtest, fanout, fourhop, journal, loopback, orderentry, scrape, suite, venue
 from shared.ops.bench.plan import (
     BOOK_RATE,
     NEWS_RATE,
@@ -257,9 +257,11 @@ def feed_stack(workdir: Path, plan: Plan, res: dict[str, Any]) -> None:
         stack.stop()
 
 
-def t2t_stack(workdir: Path, plan: Plan, n: int, res: dict[str, Any], recovery: bool) -> None:
+def t2t_stack(workdir: Path, plan: Plan, n: int, res: dict[str, Any], recovery: bool, fourhop_run: bool) -> None:
     """Tick-to-trade of ``n`` strategies at 1,000 prices/s and 200 news/s; the
-    floor of ``n`` relays again while they run; then, if asked, recovery."""
+    floor of ``n`` relays again while they run; if asked, decision → new and →
+    fill of the first strategy and the four-hop floor while they run; then, if
+    asked, recovery."""
     stack = Stack(workdir, {"gateway": {"price_rate": PRICE_RATE, "news_rate": NEWS_RATE},
                             "strategy": T2T_STRATEGY,
                             "strategies": {f"s{i}": dict(T2T_STRATEGY) for i in range(2, n + 1)}})
@@ -281,6 +283,9 @@ def t2t_stack(workdir: Path, plan: Plan, n: int, res: dict[str, Any], recovery: 
                              for st in stack.strategies}
             say(f"{fanout.label(n)} again, with {n} strategy(ies) trading: {plan.floor_n} news at {NEWS_RATE}/s")
             res["floor_load"][n] = fanout.fanout(n, NEWS_RATE, plan.floor_n)
+            if fourhop_run:  # its floor again once the stack is down (run)
+                res["fourhop"] = fourhop.stack_side(stack, stack.strategies[0].program, t0, t1, n)
+                fourhop.floor_run(res["fourhop"], "floor_load", plan.fourhop_s, f", {n} strategy(ies) trading")
             for program, mb in rss_mb(stack).items():
                 res["rss_t2t"][program] = max(mb, res["rss_t2t"].get(program, 0.0))
             if recovery:
@@ -303,8 +308,11 @@ def run(plan: Plan, workdir: Path) -> dict[str, Any]:
     res["venue"] = venue.run(plan.venue_scale, workdir / "venue")
     feed_stack(workdir / "feed", plan, res)
     recovery_run = STRATEGIES if STRATEGIES in plan.strategies else plan.strategies[-1]
-    for n in plan.strategies:
-        t2t_stack(workdir / f"t2t{n}", plan, n, res, recovery=n == recovery_run)
+    for n in plan.strategies:  # decision → new and → fill in the run of fewest strategies (one, by default)
+        first = n == min(plan.strategies)
+        t2t_stack(workdir / f"t2t{n}", plan, n, res, recovery=n == recovery_run, fourhop_run=first)
+        if first:
+            fourhop.floor_run(res["fourhop"], "floor_idle", plan.fourhop_s, ", no stack up")
     return res
 
 
@@ -340,7 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="the journal's figures instead: restart after N orders, RSS, a full disk (issue 8)")
     ap.add_argument("--orders", type=int, help="with --journal: orders in the journal (default 5,000,000)")
     ap.add_argument("--venue", action="store_true", help="only the venue's figures: the matching engine, the "
-                    "exchange's restart on a long journal (issue 15)")
+                    "exchange's restart on a long journal, decision → new and → fill beside the four-hop floor "
+                    "(issue 15)")
     ap.add_argument("--suite", action="store_true", help="only the timing figures the test suite no longer judges: "
                     "the tick ring's race, ack waits under bad input, the kill switch, short heartbeats "
                     "(shared/ops/bench/suite.py)")

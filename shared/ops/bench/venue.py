@@ -10,7 +10,10 @@ with a long journal behind it.
 - restart: a journal of 1,000,000 lines with 100,000 orders resting, written as the exchange
   writes it (its segments, rolls and checkpoints, the default segment size); then the exchange
   is started on it and a client that connects as soon as it can routes one order: the time from
-  the process's start to that order's first exec, the exchange's own restore time, and its RSS.
+  the process's start to that order's first exec, the exchange's own restore time, and its RSS;
+- alone (``--venue``), an order's life: decision → ``new`` and decision → fill at the strategy of a
+  short stack of its own, beside the bare four-hop floor (``shared.ops.bench.fourhop``; the full
+  bench takes them from its run of one strategy instead).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 
 from shared import config
 from shared.ops.bench import engine as enginebench
+from shared.ops.bench import fourhop
 from shared.ops.bench.plan import say
 from shared.ops.harness import Stack, free_port, read_jsonl
 from shared.ops.peer import VenueClient
@@ -221,9 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a tenth of the sizes")
     args = ap.parse_args(argv)
     res = run(10 if args.quick else 1)
+    tmp = Path(tempfile.mkdtemp(prefix="tsvenue"))
+    try:  # an order's life: a short stack of its own (the full bench uses its run of one strategy)
+        res["fourhop"] = fourhop.live(tmp, 3.0 if args.quick else 15.0, 1.0 if args.quick else 7.0)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print("| figure | stack | reference (same run) | stack/ref | seed | target (issue 15) | pass/fail |")
     print("|---|---:|---|---:|---|---|---|")
-    for row in rows(res):
+    for row in [*rows(res), *fourhop.rows(res["fourhop"])]:
         print("| " + " | ".join(row) + " |")
     say(f"venue: load average {res['restart']['load']:.1f} on {os.cpu_count()} CPUs during the restart")
     return 0
