@@ -124,8 +124,8 @@ def restart_run(plan: JournalPlan, workdir: Path, res: dict[str, Any]) -> None:
             res["written"] = write_journal(path, orders, om.journal_segment_bytes, om.journal_window)
             say(f"journal: {res['written']['segments']} closed segments, {res['written']['bytes'] / 2**20:,.0f} MB"
                 f" in {res['written']['write_s']:.1f} s")
-        stack.start()
         try:
+            stack.start()
             say(f"journal: {plan.restarts} × kill -9 ordermanager with {orders:,} orders journaled")
             res[f"restart_{name}"] = r = restarts(stack, plan.restarts)
             if orders:
@@ -188,8 +188,8 @@ def disk_full_run(plan: JournalPlan, workdir: Path, res: dict[str, Any]) -> None
         return
     with disk.tmpfs(workdir / "fs", 256 << 20) as mnt:
         stack = Stack(workdir / "full", {"ordermanager": {"journal": str(mnt / "orders.jsonl")}})
-        stack.start()
         try:
+            stack.start()
             pid = stack.pids()["ordermanager"]
             say(f"journal: {plan.rate:,} orders/s, the disk full for {plan.full_s:g} s")
             load = Load(stack, plan.rate)

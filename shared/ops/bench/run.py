@@ -210,8 +210,8 @@ def feed_stack(workdir: Path, plan: Plan, res: dict[str, Any]) -> None:
     """Price feed, tick -> book, ordermanager throughput, book reads, RSS."""
     stack = Stack(workdir, {"gateway": {"price_rate": 0}, "strategy": WINDOW_STRATEGY})
     say("stack 1: price feed as fast as possible")
-    stack.start()
     try:
+        stack.start()
         seg = attach(stack)
         try:
             time.sleep(min(2.0, plan.feed_s / 2))  # past the start, into the steady state
@@ -266,8 +266,8 @@ def t2t_stack(workdir: Path, plan: Plan, n: int, res: dict[str, Any], recovery: 
                             "strategy": T2T_STRATEGY,
                             "strategies": {f"s{i}": dict(T2T_STRATEGY) for i in range(2, n + 1)}})
     say(f"stack: tick-to-trade of {len(stack.strategies)} strategy(ies) for {plan.t2t_s:g} s")
-    stack.start()
     try:
+        stack.start()
         seg = attach(stack)
         try:
             for st in stack.strategies:
