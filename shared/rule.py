@@ -118,6 +118,21 @@ class Rule:
         return ()
 
 
+def protection(price: float, side: str) -> float:
+    """A market order's protection price (VENUE.md): 1 % through the book's price, to the cent."""
+    return round(price * (1.01 if side == "BUY" else 0.99), 2)
+
+
+def order_terms(d: Decision, book_px: float, default_type: str) -> tuple[float, OrdType, Tif]:
+    """The price, type and tif an order is sent with: what ``d`` leaves None filled in as ``Decision`` says,
+    the book's price ``book_px``, ``default_type`` the strategy table's ``ord_type``. The live strategy and
+    the backtest both price their orders here."""
+    ord_type: OrdType = d.ord_type or ("limit" if default_type == "limit" else "market")
+    if ord_type == "market":  # ioc at the venue anyway
+        return (d.price if d.price is not None else protection(book_px, d.side)), "market", "ioc"
+    return (d.price if d.price is not None else book_px), "limit", d.tif or "day"
+
+
 def to_target(target: int, position: int, price: float | None = None, ord_type: OrdType | None = None,
               tif: Tif | None = None) -> Decision | None:
     """The order that moves ``position`` to ``target`` (with this price, type and tif), or None if it is there."""

@@ -52,7 +52,7 @@ from shared.protocol import (
     Reject,
     frame,
 )
-from shared.rule import Decision, OpenOrder, OrdType, Side, Tif, exposure
+from shared.rule import Decision, OpenOrder, Side, exposure, order_terms
 
 HOUSEKEEPING_S = 0.1  # staleness, the segment, reconnects and heartbeats: at most this far apart,
 # and at most half a heartbeat interval apart
@@ -130,11 +130,6 @@ def checked(d: Any) -> Decision | None:
                                              and d.price > 0))):
         return None
     return d
-
-
-def protection(price: float, side: str) -> float:
-    """A market order's protection price (VENUE.md): 1 % through the book's price, to the cent."""
-    return round(price * (1.01 if side == "BUY" else 0.99), 2)
 
 
 @dataclass(slots=True)
@@ -342,10 +337,7 @@ class Trader:
     def _send(self, news: News, d: Decision, book_px: float, first: int, last: int, n: int) -> None:
         assert self.om.conn is not None
         self.n += 1
-        ord_type: OrdType = d.ord_type or ("limit" if self.spec.ord_type == "limit" else "market")
-        market = ord_type == "market"
-        price = d.price if d.price is not None else protection(book_px, d.side) if market else book_px
-        tif: Tif = "ioc" if market else d.tif or "day"  # a market order is ioc at the venue anyway
+        price, ord_type, tif = order_terms(d, book_px, self.spec.ord_type)
         order = Order(order_id=f"{self.client_id}-{self.n}", symbol=news.symbol, side=d.side, qty=d.qty,
                       price=price, ts_ns=time.time_ns(), tick_ts_ns=news.ts_ns, ord_type=ord_type, tif=tif)
         self.pending[order.order_id] = order

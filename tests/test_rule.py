@@ -26,10 +26,11 @@ from shared.rule import (
     exposure,
     news_signal,
     price_signal,
+    protection,
     to_target,
     zscore,
 )
-from shared.strategy import checked, load_rule, protection, takes_open_orders
+from shared.strategy import checked, load_rule, takes_open_orders
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,12 +5,13 @@ What the live strategy does on a news tick (``shared/strategy.py``), done
 here without sockets: ask the rule with the symbol's last ``history`` ticks,
 its filled position and its open orders (a rule of the interface before the
 venue gets what is open counted in its position), then price the order as the
-strategy does (a market order with a protection price 1 % through the last
-tick, a limit order at it unless the rule gives a price). The order then meets
-the ordermanager's checks (``max_qty`` and ``shared.risk``, at the tape's
-time) and the venue's matching engine (``shared.matching``); each fill moves
-the position (``shared.pnl.Position``). Order ids are ``<client_id>-<n>`` from
-a counter, as live, so the same tape gives the same ids.
+strategy does (``shared.rule.order_terms``: a market order with a protection
+price 1 % through the last tick, a limit order at it unless the rule gives a
+price). The order then meets the ordermanager's checks (``max_qty`` and
+``shared.risk``, at the tape's time) and the venue's matching engine
+(``shared.matching``); each fill moves the position (``shared.pnl.Position``).
+Order ids are ``<client_id>-<n>`` from a counter, as live, so the same tape
+gives the same ids.
 """
 
 from __future__ import annotations
@@ -27,10 +28,9 @@ import msgspec
 from shared.matching import Engine, Exec
 from shared.pnl import Position
 from shared.risk import Risk
-from shared.rule import Tick
+from shared.rule import Decision, Tick, order_terms
 
 TERMINAL = ("filled", "canceled", "expired")
-PROTECTION = 0.01  # a market order's protection price: this far through the book's price (VENUE.md)
 
 
 class NewsTick(NamedTuple):
@@ -103,11 +103,7 @@ def priced(d: Any, last: float, default_type: str) -> Order | None:
             or tif not in (None, "day", "ioc") or (price is not None and not (
                 type(price) in (int, float) and math.isfinite(price) and price > 0))):
         return None
-    ord_type = ord_type or default_type
-    if ord_type == "market":
-        px = price if price is not None else round(last * (1 + PROTECTION if side == "BUY" else 1 - PROTECTION), 2)
-        return Order(side, qty, px, "market", "ioc")
-    return Order(side, qty, price if price is not None else last, "limit", tif or "day")
+    return Order(side, qty, *order_terms(Decision(side, qty, price, ord_type, tif), last, default_type))
 
 
 @dataclass
