@@ -31,7 +31,8 @@ from shared.ops.bench.plan import QUICK_TAPE, RECORD_NEWS, TapePlan, say
 from shared.ops.bench.probes import cpu_seconds
 from shared.ops.harness import dump_toml, free_port, read_jsonl
 
-KEEP_UP = 0.99  # recorded / sent over the window, at least
+KEEP_UP = 0.97  # recorded / sent over the window, at least (the tape grows in steps: a few % of noise)
+BEHIND_MS = 250.0  # the tape's lag at the window's end, at most: falling behind by 5 % for 5 s would pass it
 SAMPLE_S = 0.1  # the tape's size is sampled this often over the window
 
 
@@ -254,13 +255,15 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str, str]]:
     r, s, raw = res["record"], res["serve"], res["raw"]
     ratio = r["recorded"] / r["sent"] if r["sent"] else 0.0
     clean = r["gaps"] == r["missed"] == r["tape_gaps"] == r["drops"] == 0
-    keeps = clean and ratio >= KEEP_UP and r["sent"] >= 0.95 * (r["rate_cfg"] + RECORD_NEWS)
+    at_rate = r["sent"] >= 0.95 * (r["rate_cfg"] + RECORD_NEWS)  # else the gateway did not make the rate asked
+    keeps = clean and ratio >= KEEP_UP and r["lag_ms"] <= BEHIND_MS and at_rate
     whole = s["got"] == s["records"] and not s["drops"]
     return [
         (f"stack-record beside the gateway at {r['rate_cfg']:,} price ticks/s (ticks/s recorded)",
          f"{r['recorded']:,.0f} (the tape {r['lag_ms']:,.0f} ms behind at the end, {r['lag_max_ms']:,.0f} at most)",
          f"{r['sent']:,.0f} sent by the gateway", f"{ratio:.2f}×", "",
-         f"≥ {KEEP_UP:g}× sent, sent ≥ 95 % of the rate (issue 16)", "pass" if keeps else "FAIL"),
+         f"≥ {KEEP_UP:g}× sent, ≤ {BEHIND_MS:g} ms behind, sent ≥ 95 % of the rate (issue 16)",
+         "pass" if keeps else "FAIL"),
         ("stack-record gaps / missed ticks / slow-consumer drops",
          f"{r['gaps']} / {r['missed']} / {r['drops']}", f"{r['tape_gaps']} seq gaps on the tape", "", "",
          "0 / 0 / 0 (issue 16)", "pass" if clean else "FAIL"),
