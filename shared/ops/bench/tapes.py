@@ -270,7 +270,7 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str, str]]:
         (f"stack-record CPU at {r['rate_cfg']:,} price ticks/s (% of a core)", f"{100 * r['rec_cpu']:.1f}",
          f"{100 * r['gw_cpu']:.1f} the gateway making them", f"{r['rec_cpu'] / r['gw_cpu']:.2f}×"
          if r["gw_cpu"] else "–", "", "", ""),
-        ("stack-record ticks per CPU second (what one core of it would record)",
+        ("stack-record ticks per CPU second it used (its cost a tick; at a low rate, small reads cost more)",
          f"{r['recorded'] / r['rec_cpu']:,.0f}" if r["rec_cpu"] else "–",
          f"{r['sent'] / r['gw_cpu']:,.0f} the gateway's, making them" if r["gw_cpu"] else "",
          f"{r['recorded'] / r['rec_cpu'] / (r['sent'] / r['gw_cpu']):.2f}×" if r["rec_cpu"] and r["gw_cpu"] else "–",
