@@ -375,3 +375,51 @@ class FrameDecoder:
         if pos < end:
             self._buf += view[pos:]
         return out
+
+    def frames(self, data: bytes | bytearray | memoryview) -> tuple[list[memoryview], bool, str | None]:
+        """Framing alone, for a caller that decodes the bodies its own way (several in one call): the bodies
+        of the frames ``data`` completes, whether the read was all ASCII (no UTF-8 check needed), and the
+        bad length that ended them, if any (the decoder is then broken: raise ``BadFrame`` after the bodies)."""
+        if self.broken:
+            raise BadFrame("decoder already failed")
+        if self._buf:  # as feed
+            self._buf += data
+            buf = self._buf
+            n = _LEN.unpack_from(buf)[0] if len(buf) >= HEADER else 1
+            if 0 < n <= MAX_FRAME and len(buf) < HEADER + n:
+                return [], True, None
+            data = bytes(self._buf)
+            self._buf.clear()
+        elif not isinstance(data, bytes):
+            data = bytes(data)
+        bodies: list[memoryview] = []
+        pos, end = 0, len(data)
+        view = memoryview(data)
+        unpack = _LEN.unpack_from
+        while end - pos >= HEADER:
+            n = unpack(data, pos)[0]
+            if n == 0 or n > MAX_FRAME:
+                self.broken = True
+                return bodies, data.isascii(), f"frame length {n} outside 1..{MAX_FRAME}"
+            if end - pos - HEADER < n:
+                break
+            bodies.append(view[pos + HEADER : pos + HEADER + n])
+            pos += HEADER + n
+        if pos < end:
+            self._buf += view[pos:]
+        return bodies, data.isascii(), None
+
+    def decode_each(self, bodies: list[memoryview], utf8_checked: bool) -> list[Message | BadMessage]:
+        """``frames``' bodies decoded one by one, as ``feed`` decodes them (a bad one a ``BadMessage``)."""
+        out: list[Message | BadMessage] = []
+        decode = self._decode
+        for body in bodies:
+            try:
+                if not utf8_checked:
+                    str(body, "utf-8")
+                out.append(decode(body))
+            except msgspec.ValidationError as e:
+                out.append(BadMessage(str(e), _order_id_of(body)))
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
+                out.append(BadMessage(f"not JSON: {e}"))
+        return out

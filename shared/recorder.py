@@ -8,6 +8,11 @@ once, with its live seq. After a reconnect recording goes on from hello's
 ``next_seq``; the ticks missed meanwhile are a gap in the tape's seqs (logged
 as ``ticks_missed``). It logs JSON lines as every program does, never one per
 tick: a ``recording`` record every 10 s, and ``recorded`` at the end.
+
+At 200,000 ticks/s the time goes to decoding and to the call per tick, so
+each read's frames are decoded in one call (``TickFrames``) and handled in
+one loop; a read that does not decode so is decoded frame by frame, as every
+daemon decodes them.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from shared import config as config_mod
 from shared import logs, tls
 from shared.lifecycle import Stop, StopRequested
 from shared.net import Client, Conn, Loop, Sequence
-from shared.protocol import BadMessage, Heartbeat, Hello, Message, News, Price, Reject
+from shared.protocol import BadFrame, BadMessage, FrameDecoder, Heartbeat, Hello, Message, News, Price, Reject
 from shared.tape import TapeError, TapeWriter
 
 HOUSEKEEPING_S = 0.05  # reconnects, silence, and writing out the buffered records: so a kill loses this much
@@ -33,14 +38,48 @@ STATS_S = 10.0
 
 _price_decoder = msgspec.json.Decoder(Price | Hello | Heartbeat | Reject)
 _news_decoder = msgspec.json.Decoder(News | Hello | Heartbeat | Reject)
+_prices_decoder = msgspec.json.Decoder(list[Price | Hello | Heartbeat | Reject])
+_newses_decoder = msgspec.json.Decoder(list[News | Hello | Heartbeat | Reject])
+
+
+class Batch(list):  # type: ignore[type-arg]
+    """The messages of one read, decoded in one call: handed on as one message."""
+
+
+class TickFrames(FrameDecoder):
+    """A stream's frames as ``FrameDecoder`` frames them; each read's bodies decoded in one call, as a JSON
+    array, into one ``Batch``. A read that does not decode so (a bad frame, not ASCII, or elements that do
+    not match the frames one for one) is decoded frame by frame, each bad frame a ``BadMessage`` as ever.
+    Meant for a trusted stream: two bad frames that make good ones when joined would pass."""
+
+    __slots__ = ("_many",)
+
+    def __init__(self, one: msgspec.json.Decoder[Any], many: msgspec.json.Decoder[Any]) -> None:
+        super().__init__(one)
+        self._many = many.decode
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message | BadMessage]:
+        bodies, ascii_only, bad = self.frames(data)
+        if bad is None and ascii_only and bodies:
+            try:
+                msgs = self._many(b"[" + b",".join(bodies) + b"]")
+            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+                msgs = None
+            if msgs is not None and len(msgs) == len(bodies):
+                return [Batch(msgs)]  # type: ignore[list-item]
+        out = self.decode_each(bodies, ascii_only)
+        if bad is not None:
+            raise BadFrame(bad, out)
+        return out
 
 
 class Feed:
     """One subscribed stream: its client, its sequence and what it recorded."""
 
-    def __init__(self, rec: Recorder, name: str, on_message: Any, decoder: Any) -> None:
+    def __init__(self, rec: Recorder, name: str, on_message: Any, decoder: Any, many: Any) -> None:
         cfg = rec.cfg
         self.name = name
+        self.decoders = decoder, many
         self.client = Client(rec.loop, rec.log, *cfg.link(name), name, self._connected, on_message, decoder=decoder)
         self.seq = Sequence(rec.log, name, cfg.gateway.heartbeat_ms)
         self.rec = rec
@@ -51,12 +90,13 @@ class Feed:
         self.hellos = 0
 
     def _connected(self, conn: Conn) -> None:
+        conn.decoder = TickFrames(*self.decoders)  # before its first read: this runs as the link comes up
         if self.seq.expected is not None:
             self.last = self.seq.expected - 1
         self.seq.reset()
         tls.subscribe(self.rec.cfg, self.rec.log, self.client, conn)
 
-    def control(self, conn: Conn, msg: Message | BadMessage) -> None:
+    def control(self, conn: Conn, msg: Message | BadMessage | Batch) -> None:
         """Hello, heartbeat and reject: the frames that carry no tick."""
         t = type(msg)
         if t is Hello:
@@ -98,8 +138,8 @@ class Recorder:
     def __init__(self, cfg: config_mod.Config, log: Any, writer: TapeWriter) -> None:
         self.cfg, self.log, self.writer = cfg, log, writer
         self.loop = Loop()
-        self.price = Feed(self, "price", self._on_price, _price_decoder)
-        self.news = Feed(self, "news", self._on_news, _news_decoder)
+        self.price = Feed(self, "price", self._on_price, _price_decoder, _prices_decoder)
+        self.news = Feed(self, "news", self._on_news, _news_decoder, _newses_decoder)
         self.started = time.monotonic()
         self.next_housekeeping = 0.0
         self.next_stats = self.started + STATS_S
@@ -107,10 +147,12 @@ class Recorder:
         self.unrecordable: set[str] = set()
         self.skipped = 0  # ticks of those symbols, left out
 
-    # The hot path, once a tick: the sequence check inline, no log.
+    # The hot path, once a read (a Batch) or once a tick: the sequence check inline, no log.
 
-    def _on_price(self, conn: Conn, msg: Message | BadMessage) -> None:
-        if type(msg) is Price:
+    def _on_price(self, conn: Conn, msg: Message | BadMessage | Batch) -> None:
+        if type(msg) is Batch:
+            self._prices(conn, msg)
+        elif type(msg) is Price:
             p: Price = msg  # type: ignore[assignment]
             if not p.snapshot:
                 f, seq = self.price, p.seq
@@ -125,8 +167,47 @@ class Recorder:
         else:
             self.price.control(conn, msg)
 
-    def _on_news(self, conn: Conn, msg: Message | BadMessage) -> None:
-        if type(msg) is News:
+    def _prices(self, conn: Conn, msgs: Batch) -> None:
+        """A read's messages in one loop: the live ticks written in one call."""
+        f = self.price
+        seq = f.seq
+        live: list[Price] = []
+        for p in msgs:
+            if type(p) is Price:
+                if p.snapshot:
+                    continue
+                if p.seq != seq.expected:
+                    f.jump(p.seq)
+                seq.expected = p.seq + 1
+                live.append(p)
+            else:
+                self._write_prices(live)
+                live = []
+                f.control(conn, p)
+                if conn is not None and conn.closed:
+                    return
+        self._write_prices(live)
+
+    def _write_prices(self, live: list[Price]) -> None:
+        if not live:
+            return
+        self.price.ticks += len(live)
+        try:
+            self.writer.prices(live)
+        except TapeError:  # a symbol the tape cannot hold among them: tick by tick, so the others are written
+            for p in live:
+                try:
+                    self.writer.price(p.seq, p.ts_ns, p.symbol, p.price)
+                except TapeError as e:
+                    self.skip(p.symbol, e)
+
+    def _on_news(self, conn: Conn, msg: Message | BadMessage | Batch) -> None:
+        if type(msg) is Batch:
+            for m in msg:
+                self._on_news(conn, m)
+                if conn is not None and conn.closed:
+                    return
+        elif type(msg) is News:
             n: News = msg  # type: ignore[assignment]
             f, seq = self.news, n.seq
             if seq != f.seq.expected:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import os
 import struct
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,6 +155,20 @@ class TapeWriter:
         i = self.index.get(symbol)
         self.buf += _pack(PRICE, self.symbol(symbol) if i is None else i, seq, ts_ns, price)
         if len(self.buf) >= FLUSH_BYTES:
+            self.flush()
+
+    def prices(self, ticks: Iterable[Any]) -> None:
+        """Append price ticks (anything with ``seq``, ``ts_ns``, ``symbol`` and ``price``) in one call, all or
+        none: a symbol the tape cannot hold raises TapeError with none of them appended."""
+        index, buf, start = self.index, self.buf, len(self.buf)
+        try:
+            for t in ticks:
+                i = index.get(t.symbol)
+                buf += _pack(PRICE, self.symbol(t.symbol) if i is None else i, t.seq, t.ts_ns, t.price)
+        except TapeError:
+            del buf[start:]
+            raise
+        if len(buf) >= FLUSH_BYTES:
             self.flush()
 
     def news(self, seq: int, ts_ns: int, symbol: str, sentiment: float) -> None:

@@ -34,6 +34,11 @@ ROWS = [
     "four-hop floor, decision → new / fill", "decision → new p50 at the strategy (µs), 1 strategy",
     "decision → fill p99 at the strategy (µs), 1 strategy", "decision → new / fill samples, 1 strategy",
 ]
+TAPE_ROWS = [
+    "stack-record beside the gateway at 20,000 price ticks/s", "stack-record gaps / missed ticks / slow-consumer drops",
+    "stack-record CPU", "stack-record ticks per CPU second", "gateway serving a tape at speed 0, 50,500 records",
+    "gateway serving a tape at speed 0: CPU per tick",
+]
 NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?")
 
 
@@ -53,7 +58,7 @@ def test_bench_quick_report_shape(tmp_path: Path) -> None:
     body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
     assert all(len(cells) == 7 for cells in body)
     figures = [cells[0] for cells in body]
-    for name in ROWS:
+    for name in ROWS + TAPE_ROWS:
         assert any(f.startswith(name) for f in figures), f"row {name!r} missing"
     for figure, stack, ref, ratio, seed, _target, verdict in body:
         _number(stack, figure)
@@ -99,6 +104,26 @@ def test_fourhop_quick(tmp_path: Path) -> None:
     samples = row("decision → new / fill samples, 1 strategy")[1]
     new, fill, orders = (int(x.replace(",", "")) for x in re.findall(r"[\d,]+", samples)[:3])
     assert 0 < new <= orders and 0 < fill <= orders and "market" in samples, samples
+
+
+def test_bench_tape_quick_report_shape() -> None:
+    """deploy/bench --tape --quick: the real gateway and stack-record alone, then a tape served at speed 0;
+    every row, numbers that parse, and nothing left behind (the processes are children that end)."""
+    r = subprocess.run([str(ROOT / "deploy" / "bench"), "--tape", "--quick"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("|")]
+    assert lines[0].startswith("| figure | stack | reference")
+    body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+    assert [cells[0] for cells in body] and all(len(cells) == 7 for cells in body)
+    for name in TAPE_ROWS:
+        assert sum(cells[0].startswith(name) for cells in body) == 1, f"row {name!r} missing"
+    for figure, stack, ref, ratio, _seed, _target, verdict in body:
+        for cell in (*stack.split(" / "), ref, ratio):
+            if cell and cell != "–":
+                _number(cell, figure)
+        assert verdict in ("", "pass", "FAIL"), (figure, verdict)
+    assert "- Tape: the gateway" in r.stdout
 
 
 JOURNAL_ROWS = [

@@ -20,14 +20,17 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared import config, tape
-from shared.protocol import FrameDecoder, Heartbeat, Hello, News, Price
-from shared.recorder import Recorder
+from shared.protocol import BadFrame, BadMessage, FrameDecoder, Heartbeat, Hello, News, Price, frame, frame_body
+from shared.recorder import Batch, Recorder, TickFrames, _price_decoder, _prices_decoder
 from shared.tape import TapeWriter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,7 +220,7 @@ def test_live_ticks_are_recorded_snapshots_not_and_gaps_counted(tmp_path: Path) 
     p(None, Heartbeat(ts_ns=90, seq=9))  # 9 never came either
     n(None, hello("news", "S", 1, ["MSFT", "AAPL"]))
     n(None, News(seq=1, ts_ns=95, symbol="MSFT", sentiment=77))
-    rec.price._connected(None)  # a reconnect: ticks 10..11 went by meanwhile
+    rec.price._connected(SimpleNamespace(decoder=None))  # a reconnect: ticks 10..11 went by meanwhile
     p(None, hello("price", "S", 12, ["MSFT", "AAPL"]))
     p(None, Price(seq=12, ts_ns=120, symbol="ÜBER", price=2.0))  # not ASCII
     p(None, Price(seq=13, ts_ns=130, symbol="NEW", price=3.0))
@@ -423,3 +426,71 @@ def test_the_recorder_program_is_there_only_when_enabled() -> None:
     assert "[program:recorder]" in on and "/x/../daemons/recorder.py" in on
     with pytest.raises(config.ConfigError, match="recorder.roll_mb"):
         config.parse({"recorder": {"roll_mb": -1}})
+
+
+# --- a read's frames decoded in one call (TickFrames) ---------------------------
+
+BAD_BODIES = [b'{"type":"price","seq":0,"ts_ns":1,"symbol":"AAPL","price":1.0}', b"not json",
+              b'{"type":"order","order_id":"x"}', b'{"type":"price","seq":\xff}', b'{"a":1},{"b":2}']
+price_msgs = st.one_of(
+    st.builds(Price, seq=st.integers(1, 2**40), ts_ns=st.integers(0, 2**63),
+              symbol=st.sampled_from(SYMBOLS), price=st.floats(0.01, 1e6), snapshot=st.booleans()),
+    st.builds(Heartbeat, ts_ns=st.integers(0, 2**63), seq=st.none() | st.integers(0, 2**40)),
+    st.builds(hello, st.just("price"), st.just("S"), st.integers(1, 2**40), st.just(SYMBOLS)),
+)
+
+
+def flat(out: list[Any]) -> list[Any]:
+    """Messages as a subscriber handles them: a Batch's one by one; a bad one by its detail."""
+    ms = [m for x in out for m in (x if type(x) is Batch else [x])]
+    return [("bad", m.detail) if isinstance(m, BadMessage) else m for m in ms]
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=st.lists(price_msgs | st.sampled_from(BAD_BODIES), min_size=1, max_size=30),
+       cuts=st.lists(st.integers(0, 5_000), max_size=10))
+def test_tick_frames_give_what_the_frame_decoder_gives(parts: list[Any], cuts: list[int]) -> None:
+    stream = b"".join(frame_body(p) if isinstance(p, bytes) else frame(p) for p in parts)
+    points = sorted({c % (len(stream) + 1) for c in cuts})
+    one, many = FrameDecoder(_price_decoder), TickFrames(_price_decoder, _prices_decoder)
+    a: list[Any] = []
+    b: list[Any] = []
+    prev = 0
+    for p in [*points, len(stream)]:
+        a += one.feed(stream[prev:p])
+        b += many.feed(stream[prev:p])
+        prev = p
+    assert flat(b) == flat(a)
+
+
+def test_tick_frames_decode_a_good_read_in_one_batch_and_a_bad_length_as_ever() -> None:
+    good = [Price(seq=i, ts_ns=i, symbol="AAPL", price=1.5) for i in range(1, 6)]
+    out = TickFrames(_price_decoder, _prices_decoder).feed(b"".join(frame(p) for p in good))
+    assert len(out) == 1 and type(out[0]) is Batch and list(out[0]) == good
+    cut = frame(good[0]) + frame_body(b"x") + b"\0\0\0\0"  # a length of 0: the stream is broken there
+    got = []
+    for d in (FrameDecoder(_price_decoder), TickFrames(_price_decoder, _prices_decoder)):
+        with pytest.raises(BadFrame) as e:
+            d.feed(cut)
+        got.append((flat(e.value.messages), str(e.value), d.broken))
+    assert got[0] == got[1] and got[1][0][0] == good[0] and got[1][0][1][0] == "bad" and got[1][2]
+
+
+def test_a_batch_is_recorded_as_its_ticks_one_by_one(tmp_path: Path) -> None:
+    """The same tape, counts and log lines from a read's Batch as from its messages one at a time."""
+    msgs: list[Any] = [hello("price", "S", 5, ["MSFT", "AAPL"]),
+                       Price(seq=3, ts_ns=30, symbol="AAPL", price=1.5, snapshot=True),
+                       *(Price(seq=q, ts_ns=q * 10, symbol="AAPL", price=q / 2) for q in (5, 6, 8)),
+                       Heartbeat(ts_ns=90, seq=9), Price(seq=12, ts_ns=120, symbol="ÜBER", price=2.0),
+                       Price(seq=13, ts_ns=130, symbol="NEW", price=3.0)]
+    got = []
+    for name, feed in (("one", msgs), ("batch", [Batch(msgs)])):
+        log = Log()
+        rec = Recorder(config.parse({}), log, TapeWriter(tmp_path / name))
+        for m in feed:
+            rec._on_price(None, m)
+        summary = rec.close()
+        got.append((as_rows(tape.read(tmp_path / name)), {k: v for k, v in summary.items() if k != "out"
+                                                          and k != "seconds" and k != "per_s"}, log.records))
+    assert got[0] == got[1]
+    assert got[0][1]["price_ticks"] == 5 and got[0][1]["skipped"] == 1

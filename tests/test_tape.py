@@ -113,6 +113,19 @@ def test_a_bad_symbol_is_refused(tmp_path: Path, bad: str) -> None:
     w.close()
 
 
+def test_prices_in_one_call_are_written_all_or_none(tmp_path: Path) -> None:
+    from types import SimpleNamespace as T
+
+    w = TapeWriter(tmp_path / "t", SYMBOLS)
+    w.prices([T(seq=1, ts_ns=10, symbol="AAPL", price=1.5), T(seq=2, ts_ns=20, symbol="NEW", price=2.5)])
+    with pytest.raises(TapeError):
+        w.prices([T(seq=3, ts_ns=30, symbol="MSFT", price=3.5), T(seq=4, ts_ns=40, symbol="ÄPFEL", price=1.0)])
+    w.close()
+    t = tape.read(tmp_path / "t")
+    assert t.symbols == (*SYMBOLS, "NEW")
+    assert as_rows(t) == [(0, 0, 1, 10, 1.5), (0, 3, 2, 20, 2.5)]
+
+
 def test_at_most_256_symbols(tmp_path: Path) -> None:
     names = [f"S{i}" for i in range(256)]
     w = TapeWriter(tmp_path / "t", names)

@@ -36,6 +36,25 @@ RSS_MAX_MB = 50.0
 UP_TARGET_S = 15.0  # issue 8: kill -9 supervisord -> deploy/up -> all RUNNING and orders flowing
 
 
+RECORD_RATE = 200_000  # issue 16: stack-record keeps up with the gateway at this many price ticks/s
+RECORD_NEWS = 200  # news ticks/s beside them (the stack's tick-to-trade rate)
+
+
+@dataclass(frozen=True)
+class TapePlan:
+    """The tape rows (``tapes``): the recording beside the gateway's walk, the tape served at speed 0."""
+
+    rate: int = RECORD_RATE  # price ticks/s of the walk the recorder records
+    seconds: float = 5.0  # the measured window of the recording
+    serve_prices: int = 1_000_000  # the tape served at speed 0
+    serve_news: int = 5_000
+    raw_s: float = 2.0  # the raw stream's run, when the caller has none
+
+
+# Quick: the plumbing, not figures.
+QUICK_TAPE = TapePlan(rate=20_000, seconds=1.0, serve_prices=50_000, serve_news=500, raw_s=0.5)
+
+
 @dataclass(frozen=True)
 class Plan:
     """How long each part runs."""
@@ -58,11 +77,12 @@ class Plan:
     backtest_news: int = 50_000
     venue_scale: int = 1  # the venue's restart journal and engine run, divided by this
     fourhop_s: float = 7.0  # each run of the four-hop floor (issue 15), at the stack's pace: while it trades, then idle
+    tape: TapePlan = TapePlan()  # issue 16: stack-record at 200,000 ticks/s, a tape served at speed 0
 
 
 QUICK = Plan(feed_s=2.0, t2t_s=3.0, floor_n=200, raw_s=0.5, book_s=1.0, om_s=1.0, kills=1, up_kills=1, reads=20_000,
              windows_s=1.5, idle_s=1.5, strategies=(1, STRATEGIES), fanouts=(1, STRATEGIES), oe_orders=2_500,
-             backtest_prices=300_000, backtest_news=1_500, venue_scale=10, fourhop_s=1.0)
+             backtest_prices=300_000, backtest_news=1_500, venue_scale=10, fourhop_s=1.0, tape=QUICK_TAPE)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.ops.bench import backtest, fourhop, venue
+from shared.ops.bench import backtest, fourhop, tapes, venue
 from shared.ops.bench.fanout import label
 from shared.ops.bench.plan import (
     BOOK_P99_US,
@@ -198,6 +198,8 @@ def rows(res: dict[str, Any]) -> list[Row]:
         dups = max(int(r["duplicated"]) for r in up)
         out.append(("journal entries duplicated after the supervisord kills", str(dups), "", "", "", "0 (issue 8)",
                     verdict(dups == 0)))
+    if "tapes" in res:
+        out += tapes.rows(res["tapes"])
     if "backtest" in res:
         out += backtest.rows(res["backtest"])
     return out
@@ -261,6 +263,7 @@ def notes(res: dict[str, Any], plan: Plan, argv: Sequence[str]) -> str:
         f" {SEED_BOOK_BYTES} bytes of book for 3 symbols (its own report; 8 cores)."
         f" Feed run: {'clean' if f['clean'] else 'NOT clean'}.",
         *([fourhop.note(res["fourhop"])] if "stack" in res.get("fourhop", {}) else []),
+        *([tapes.note(res["tapes"])] if "tapes" in res else []),
         *([backtest.note(res["backtest"])] if "backtest" in res else []),
     ])
 

@@ -2,13 +2,14 @@
 the same run, as one markdown table (issues 4, 9 and 17).
 
 The references run first, with no stack up (bare loopback processes from
-``shared.ops.bench.loopback`` and the fan-out floors of ``fanout``); then
-private stacks under the real supervisord (logging on, journal on, the default
-durability): one for the price feed, the book, the strategy's windows and idle
-CPU, and the ordermanager; then one per tick-to-trade run (1, 4 and 8
-strategies), each followed by the floor of as many relays while it runs; the
-run of four strategies also measures recovery. ``--against REV`` is the A/B
-mode instead (``ab``).
+``shared.ops.bench.loopback`` and the fan-out floors of ``fanout``); then the
+gateway and ``stack-record`` alone (``tapes``); then private stacks under the
+real supervisord (logging on, journal on, the default durability): one for the
+price feed, the book, the strategy's windows and idle CPU, and the
+ordermanager; then one per tick-to-trade run (1, 4 and 8 strategies), each
+followed by the floor of as many relays while it runs; the run of four
+strategies also measures recovery. ``--against REV`` is the A/B mode instead
+(``ab``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 from shared.book import Segment
 from shared.config import ROOT
-from shared.ops.bench import ab, backtest, fanout, fourhop, journal, loopback, orderentry, scrape, suite, venue
+from shared.ops.bench import ab, backtest, fanout, fourhop, journal, loopback, orderentry, scrape, suite, tapes, venue
 from shared.ops.bench.plan import (
     BOOK_RATE,
     NEWS_RATE,
@@ -43,6 +44,7 @@ from shared.ops.bench.plan import (
     WINDOW_STRATEGY,
     ABPlan,
     Plan,
+    TapePlan,
     say,
 )
 from shared.ops.bench.probes import SNAPSHOT_S, idle_run, records, snapshot, windows_run
@@ -305,6 +307,7 @@ def run(plan: Plan, workdir: Path) -> dict[str, Any]:
     res: dict[str, Any] = {"t2t": {}, "rss_t2t": {}, "t2t_news": round(NEWS_RATE * plan.t2t_s)}
     res["backtest"] = backtest.measure(plan.backtest_prices, plan.backtest_news, workdir)
     references(plan, res)
+    res["tapes"] = tapes.measure(plan.tape, workdir / "tapes", raw=res["raw"])
     res["venue"] = venue.run(plan.venue_scale, workdir / "venue")
     feed_stack(workdir / "feed", plan, res)
     recovery_run = STRATEGIES if STRATEGIES in plan.strategies else plan.strategies[-1]
@@ -328,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """deploy/bench [--quick] [--duration S] [--out PATH]."""
     ap = argparse.ArgumentParser(prog="deploy/bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few seconds of everything (the smoke test)")
-    ap.add_argument("--duration", type=float, help="seconds of the price feed run (default 20)")
+    ap.add_argument("--duration", type=float, help="seconds of the price feed run (default 20; "
+                    "with --tape, of the recording's window, default 5)")
     ap.add_argument("--t2t-duration", type=float, help="seconds of the tick-to-trade run (default 40)")
     ap.add_argument("--kills", type=int, help="kill -9 runs per program (default 5)")
     ap.add_argument("--up-kills", type=int, help="kill -9 supervisord -> up runs (default 3)")
@@ -350,6 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--venue", action="store_true", help="only the venue's figures: the matching engine, the "
                     "exchange's restart on a long journal, decision → new and → fill beside the four-hop floor "
                     "(issue 15)")
+    ap.add_argument("--tape", action="store_true", help="only the tape's figures: stack-record beside the gateway "
+                    "at 200,000 price ticks/s, the gateway serving a tape at speed 0 (issue 16, "
+                    "shared/ops/bench/tapes.py)")
     ap.add_argument("--suite", action="store_true", help="only the timing figures the test suite no longer judges: "
                     "the tick ring's race, ack waits under bad input, the kill switch, short heartbeats "
                     "(shared/ops/bench/suite.py)")
@@ -362,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = suite.table(suite.run(args.duration or 10.0))
         print(report)
         return 0
+    if args.tape:
+        return _tape(args)
     argv = list(sys.argv[1:] if argv is None else argv)
     if args.journal:
         return journal.main(args, argv)
@@ -394,6 +403,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     png = out.with_suffix(".png")
     if histogram(res, png):
         say(f"wrote {png}")
+    return 0
+
+
+def _tape(args: argparse.Namespace) -> int:
+    plan = (QUICK if args.quick else Plan()).tape
+    if args.duration:
+        plan = TapePlan(**{**plan.__dict__, "seconds": args.duration})
+    workdir = Path(tempfile.mkdtemp(prefix="tsbench"))
+    try:
+        res = tapes.measure(plan, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(table(tapes.rows(res)))
+    print()
+    print(tapes.note(res))
     return 0
 
 
