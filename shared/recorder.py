@@ -150,25 +150,10 @@ class Recorder:
     # The hot path, once a read (a Batch) or once a tick: the sequence check inline, no log.
 
     def _on_price(self, conn: Conn, msg: Message | BadMessage | Batch) -> None:
-        if type(msg) is Batch:
-            self._prices(conn, msg)
-        elif type(msg) is Price:
-            p: Price = msg  # type: ignore[assignment]
-            if not p.snapshot:
-                f, seq = self.price, p.seq
-                if seq != f.seq.expected:
-                    f.jump(seq)
-                f.seq.expected = seq + 1
-                f.ticks += 1
-                try:
-                    self.writer.price(seq, p.ts_ns, p.symbol, p.price)
-                except TapeError as e:
-                    self.skip(p.symbol, e)
-        else:
-            self.price.control(conn, msg)
+        self._prices(conn, msg if type(msg) is Batch else (msg,))  # type: ignore[arg-type]
 
-    def _prices(self, conn: Conn, msgs: Batch) -> None:
-        """A read's messages in one loop: the live ticks written in one call."""
+    def _prices(self, conn: Conn, msgs: Batch | tuple[Message | BadMessage]) -> None:
+        """A read's messages (or one) in one loop: the live ticks written in one call."""
         f = self.price
         seq = f.seq
         live: list[Price] = []
