@@ -16,7 +16,6 @@ after a restart) unless they repeat the tick last applied; a gap is logged, neve
 from __future__ import annotations
 
 import gc
-import hmac
 import time
 import uuid
 from itertools import islice
@@ -29,7 +28,6 @@ from shared import matching, tls, venuestate
 from shared.journalfiles import JournalLocked, errno_name
 from shared.net import Client, Conn, Loop, Retry, Sequence, Server, read_token
 from shared.protocol import (
-    PROTO,
     BadFrame,
     BadMessage,
     Cancel,
@@ -233,11 +231,9 @@ class Exchange:
             self._reject(conn, None, "bad_message", f"unexpected {t.__name__} after logon")
 
     def _logon(self, conn: Conn, st: Session, msg: Logon) -> None:
-        if msg.proto != PROTO:
-            self._reject(conn, None, "bad_message", f"proto {msg.proto} unsupported, expected {PROTO}", close=True)
-            return
-        if not hmac.compare_digest(msg.token.encode(), self.token):
-            self._reject(conn, None, "unauthorized", f"bad token for {msg.client_id}", close=True)
+        refused = msg.refused(self.token)
+        if refused is not None:
+            self._reject(conn, None, *refused, close=True)
             return
         if msg.client_id != CLIENT_ID:
             self._reject(conn, None, "unauthorized", f"the venue serves the {CLIENT_ID} only", close=True)

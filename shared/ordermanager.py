@@ -12,7 +12,6 @@ and what is live come from the same place.
 
 from __future__ import annotations
 
-import hmac
 import time
 import uuid
 from typing import Any
@@ -27,7 +26,6 @@ from shared.journalfiles import JournalLocked, errno_name
 from shared.net import Conn, Loop, Retry, Server, read_token
 from shared.owners import Owners, taken_over
 from shared.protocol import (
-    PROTO,
     Ack,
     BadFrame,
     BadMessage,
@@ -177,11 +175,9 @@ class OrderManager:
             self._reject(conn, None, "bad_message", f"unexpected {t.__name__} after logon")
 
     def _logon(self, conn: Conn, st: Session, msg: Logon) -> None:
-        if msg.proto != PROTO:
-            self._reject(conn, None, "bad_message", f"proto {msg.proto} unsupported, expected {PROTO}", close=True)
-            return
-        if not hmac.compare_digest(msg.token.encode(), self.token):
-            self._reject(conn, None, "unauthorized", f"bad token for {msg.client_id}", close=True)
+        refused = msg.refused(self.token)
+        if refused is not None:
+            self._reject(conn, None, *refused, close=True)
             return
         verdict = self.owners.logon(msg.client_id, msg.instance)
         if verdict == "refuse":

@@ -7,6 +7,7 @@ messages back, as h11 does.
 
 from __future__ import annotations
 
+import hmac
 import struct
 from typing import Annotated, Literal
 
@@ -79,6 +80,14 @@ class Logon(_Msg, tag="logon", frozen=True):
     token: str
     instance: OrderId | None = None
     last_exec_id: Seq | None = None  # 1.2: then every exec of this client above it follows the logon_ack, in order
+
+    def refused(self, token: bytes) -> tuple[str, str] | None:
+        """Why a server refuses this logon before looking at who it is (reject reason, detail), or None."""
+        if self.proto != PROTO:
+            return "bad_message", f"proto {self.proto} unsupported, expected {PROTO}"
+        if not hmac.compare_digest(self.token.encode(), token):
+            return "unauthorized", f"bad token for {self.client_id}"
+        return None
 
 
 class Subscribe(_Msg, tag="subscribe", frozen=True):
