@@ -1,8 +1,8 @@
 """``stack-backtest --as-live``: a live session's orders asked again of their rules, from a tape.
 
 Each order a strategy sends carries what its rule saw (``ctx``, which the
-ordermanager journals as it is): the news tick's seq, the seq of every tick of
-its window, its filled position, its open orders and which of them it asked to
+ordermanager journals as it is): the news tick's seq, the seqs of its window's
+ticks (as runs of consecutive seqs), its filled position, its open orders and which of them it asked to
 cancel first. From a tape recorded beside the live stack (``stack-record``), the
 news tick (by seq and time) and the window's ticks (by seq) are found again, the
 rule of the config is asked with that context through the strategy's own code
