@@ -55,8 +55,10 @@ class Session:
 
 _om_decoder = msgspec.json.Decoder(Logon | Order | Cancel | Heartbeat)
 # A pipelined flood of tiny bad frames costs ~25 us each (two log lines and a reject): reading at
-# most this much per client and turn keeps one client from holding the others' acks past 250 ms.
-RECV_CHUNK = 2048
+# most RECV_CHUNK per client and turn keeps one client from holding the others' acks past 250 ms.
+# A logged-on client that has sent no bad frame reads RECV_ORDERS: about 110 orders a turn instead
+# of 14, so the turn's fixed costs (journal and log writes, acks, routes) are shared by more orders.
+RECV_CHUNK, RECV_ORDERS = 2048, 16384
 MAX_BACKLOG = 4 << 20  # unsent bytes to a client that sends but does not read: dropped (slow_consumer)
 
 
@@ -164,6 +166,7 @@ class OrderManager:
         elif t is BadFrame:
             self._reject(conn, None, "bad_frame", str(msg), close=True)
         elif t is BadMessage:
+            conn.recv_size = RECV_CHUNK  # a client that sends bad frames is read in small bites again
             bm: BadMessage = msg  # type: ignore[assignment]
             self._reject(conn, bm.order_id, "bad_message", bm.detail, close=st.client_id is None)
         elif st.client_id is None:
@@ -190,6 +193,7 @@ class OrderManager:
             old.close("taken_over" if verdict == "take_over" else "replaced_by_new_logon")
         cid = st.client_id = msg.client_id
         self.clients[cid] = conn
+        conn.recv_size = RECV_ORDERS
         # This turn's staged orders and execs first: the ack counts only what the journals hold.
         self._commit()
         self.router.commit()

@@ -80,8 +80,9 @@ def _load(stack: Stack, until: float, got: list[dict[str, Any]]) -> None:
                                   stack.cfg.symbols[0], prefix=f"prof{r}"))
 
 
-def profile(seconds: float, rate: int, raw_path: Path) -> dict[str, Any]:
-    """Run the stack, the load and py-spy on the ordermanager; the tallies and the cost per order."""
+def profile(seconds: float, rate: int, raw_path: Path, program: str = "ordermanager") -> dict[str, Any]:
+    """Run the stack, the load and py-spy on ``program``; the tallies, the cost per order, and every
+    program's CPU seconds over the window (which one is the bottleneck)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         raise SystemExit("omprofile: py-spy not found (.venv/bin/pip install py-spy)")
@@ -89,17 +90,19 @@ def profile(seconds: float, rate: int, raw_path: Path) -> dict[str, Any]:
     stack = Stack(workdir, {"gateway": {"price_rate": PRICE_RATE, "news_rate": NEWS_RATE}})
     try:
         stack.start()
-        pid = stack.pids()["ordermanager"]
+        pids = stack.pids()
+        pid = pids[program]
         got: list[dict[str, Any]] = []
         warm = time.monotonic() + 1.0
         load = threading.Thread(target=_load, args=(stack, warm + seconds + 2.0, got), daemon=True)
         load.start()
         time.sleep(max(0.0, warm - time.monotonic()))
-        t0, c0 = time.time_ns(), cpu_seconds(pid)
-        say(f"py-spy on the ordermanager (pid {pid}) for {seconds:g} s at {rate} samples/s")
+        t0, c0 = time.time_ns(), {name: cpu_seconds(p) for name, p in pids.items()}
+        say(f"py-spy on the {program} (pid {pid}) for {seconds:g} s at {rate} samples/s")
         subprocess.run([spy, "record", "-p", str(pid), "-r", str(rate), "-d", str(int(seconds)), "-f", "raw",
                         "-o", str(raw_path)], check=True, stdout=subprocess.DEVNULL)
-        t1, cpu = time.time_ns(), cpu_seconds(pid) - c0
+        t1 = time.time_ns()
+        cpus = {name: cpu_seconds(p) - c0[name] for name, p in pids.items()}
         load.join()
         # The client's rounds straddle the window: the orders are those the journal received in it.
         orders = max(1, sum(1 for e in stack.journal() if t0 <= e["recv_ns"] < t1))
@@ -108,7 +111,8 @@ def profile(seconds: float, rate: int, raw_path: Path) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
     own, incl, total = tally(raw_path.read_text())
     rates = [g["rate"] for g in got]
-    return {"own": own, "incl": incl, "total": total, "cpu": cpu, "orders": orders, "rates": rates}
+    return {"own": own, "incl": incl, "total": total, "cpu": cpus[program], "cpus": cpus, "orders": orders,
+            "rates": rates, "window": (t1 - t0) / 1e9}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,12 +121,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="py-spy's window (20)")
     ap.add_argument("--rate", type=int, default=250, help="samples per second (250)")
     ap.add_argument("--out", default="logs/omprofile.txt", help="py-spy's raw stacks")
+    ap.add_argument("--program", default="ordermanager", help="the program to sample (ordermanager)")
     args = ap.parse_args(argv)
     raw = Path(args.out).resolve()
     raw.parent.mkdir(parents=True, exist_ok=True)
-    res = profile(args.seconds, args.rate, raw)
+    res = profile(args.seconds, args.rate, raw, args.program)
     us = 1e6 * res["cpu"] / res["orders"]
-    print(f"ordermanager: {res['cpu']:.2f} s of CPU for about {res['orders']:,} orders acked: {us:.1f} µs per order;"
+    busy = ", ".join(f"{name} {100 * c / res['window']:.0f} %" for name, c in
+                     sorted(res["cpus"].items(), key=lambda kv: -kv[1]))
+    print(f"CPU over the {res['window']:.1f} s window, as a share of one core: {busy}")
+    print(f"{args.program}: {res['cpu']:.2f} s of CPU for about {res['orders']:,} orders acked: {us:.1f} µs per order;"
           f" {res['total']:,} samples; client rounds at {', '.join(f'{r:,.0f}' for r in res['rates'])} orders/s\n")
     print(render(res["own"], res["incl"], res["total"], us))
     say(f"raw stacks in {raw}")

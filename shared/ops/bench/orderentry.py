@@ -16,11 +16,12 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from shared.ops.bench.loopback import JOIN_S, Roles, _ack_server, _recv
-from shared.protocol import PROTO, Logon, Order, frame
+from shared.protocol import PROTO, Heartbeat, Logon, Order, frame
 
 ACK, REJECT, LOGON_ACK = b'"type":"ack"', b'"type":"reject"', b'"type":"logon_ack"'
 CONNS, ORDERS = 4, 25_000  # the client
 SEND_CHUNK = 1 << 16
+QUIET_S = 0.1  # a connection that has sent all its orders heartbeats while it waits for the answers
 
 
 class _Scan:
@@ -73,14 +74,22 @@ def _client(pipe: Connection, host: str, port: int, token: str, symbol: str, con
     t0 = last = time.monotonic()
     deadline = t0 + JOIN_S + n / 1000
     pending = len(socks)
+    hb, sent_at = memoryview(frame(Heartbeat(ts_ns=0))), dict.fromkeys(socks, t0)
     while pending and time.monotonic() < deadline:
-        for key, ev in sel.select(1.0):
+        now = time.monotonic()
+        for s, at in sent_at.items():  # as a real client does: a link quiet for 3 heartbeats is dropped
+            st = state[s]
+            if now - at >= QUIET_S and st[1] == len(st[0]) and s in sel.get_map():
+                st[0], st[1], sent_at[s] = hb, 0, now  # sent by the write path below, even if in parts
+                sel.modify(s, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        for key, ev in sel.select(QUIET_S):
             s = key.fileobj  # type: ignore[assignment]
             st = state[s]
             if ev & selectors.EVENT_WRITE:
                 view, off = st[0], st[1]
                 try:
                     st[1] = off + s.send(view[off : off + SEND_CHUNK])
+                    sent_at[s] = time.monotonic()
                 except BlockingIOError:
                     pass
                 if st[1] == len(view):
