@@ -350,6 +350,7 @@ class Exchange:
         self.price.poll(now)
         self.price.check_alive(now, self.seq.timeout_s)  # judged after reading (see OrderManager.step)
         self._links(now)
+        self.journal.wait_checkpoint(block=False)
         if self.journal.due():
             self._roll("size")
         if now >= self.next_stats:

@@ -13,7 +13,10 @@ and only the journal may say what happened. Its restart replays what the journal
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -38,6 +41,8 @@ from shared.venuerecords import (
 
 RECENT = 10_000  # execs kept in memory for the ordermanager's redelivery; older ones come from the files
 RETRY_S = 5.0  # a roll that failed is tried again after this
+PR_SET_PDEATHSIG = 1
+CLOSE_FDS = 1 << 16  # the checkpoint's child closes every inherited descriptor from 3 up to this
 
 
 class JournalFailed(Exception):
@@ -109,6 +114,7 @@ class VenueJournal:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.lock_fd = lock(path)
         self.fd = -1
+        self.child: tuple[int, int, float] | None = None  # the checkpoint being written: (pid, segment, since)
 
     # --- start ----------------------------------------------------------------
 
@@ -252,15 +258,60 @@ class VenueJournal:
             return False
         os.close(self.fd)
         self.fd, self.closed, size, self.size = fd, n, self.size, 0
-        try:
-            sync_dir(self.path)
-            self._write_checkpoint(engine, window, ticks)
-        except OSError as e:  # the next start replays the closed segment instead: slower, as correct
-            self.log.error("journal_checkpoint_failed", path=self.path + CHECKPOINT, errno=errno_name(e),
-                           error=e.strerror or str(e))
+        self.wait_checkpoint(block=reason == "shutdown")
+        checkpoint = self.child is None  # else the one before is still being written: the next roll's counts
+        if checkpoint:
+            self._checkpoint_in_child(engine, window, ticks, n)
         self.log.info("journal_rolled", path=closed, segment=n, reason=reason, bytes=size, lines=self.lines,
-                      resting=venuestate.resting(engine), ms=round((time.monotonic() - t0) * 1000, 1))
+                      resting=venuestate.resting(engine), ms=round((time.monotonic() - t0) * 1000, 1),
+                      checkpoint=checkpoint)
         return True
+
+    def _checkpoint_in_child(self, engine: matching.Engine, window: venuestate.Window,
+                             ticks: dict[str, tuple[str, int]], segment: int) -> None:
+        """Write the checkpoint from a forked child, which sees the state as it is now (copy on write)
+        while this process goes on matching: written here, under load, it held the loop for longer
+        than the ordermanager's link waits (3 heartbeats). One child at a time, so the checkpoints land
+        in order; a roll while one is being written writes none (a start then replays one closed segment
+        more). If it fails, the next start replays the closed segments instead: slower, as correct."""
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child: writes the file and says how it went by its exit status; never returns
+            code = 255
+            try:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_DFL)
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)  # no orphan outlives the exchange
+                if os.getppid() != parent:  # it died before the prctl
+                    os._exit(code)
+                os.closerange(3, CLOSE_FDS)  # the sockets and the lock stay the exchange's alone
+                sync_dir(self.path)
+                self._write_checkpoint(engine, window, ticks)
+                code = 0
+            except OSError as e:
+                code = min(e.errno or 255, 255)
+            finally:
+                os._exit(code)
+        self.child = (pid, segment, time.monotonic())
+
+    def wait_checkpoint(self, block: bool = True) -> None:
+        """Reap the checkpoint's child once it is done (``block``: wait for it) and log how it went."""
+        if self.child is None:
+            return
+        pid, segment, t0 = self.child
+        done, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+        if not done:
+            return
+        self.child = None
+        code, path = os.waitstatus_to_exitcode(status), self.path + CHECKPOINT
+        ms = round((time.monotonic() - t0) * 1000, 1)
+        if code == 0:
+            self.log.info("journal_checkpoint_written", path=path, segment=segment, ms=ms)
+        else:  # the next start replays the closed segments instead: slower, as correct
+            self.log.error("journal_checkpoint_failed", path=path, segment=segment, ms=ms,
+                           errno=errno.errorcode.get(code, str(code)) if code > 0 else None,
+                           error=os.strerror(code) if 0 < code < 255 else f"the writer's exit status {code}")
 
     def _write_checkpoint(self, engine: matching.Engine, window: venuestate.Window,
                           ticks: dict[str, tuple[str, int]]) -> None:
@@ -283,9 +334,10 @@ class VenueJournal:
         sync_dir(path)
 
     def close(self) -> None:
-        """Write what is staged, close the segment, release the lock."""
+        """Write what is staged, wait for the checkpoint being written, close the segment, release the lock."""
         try:
             self.commit()
+            self.wait_checkpoint()
         finally:
             if self.fd >= 0:
                 os.close(self.fd)

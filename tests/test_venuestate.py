@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +122,7 @@ def journal_with(tmp: Path, recs: list[Input], segment_bytes: int = 1 << 20) -> 
             j.stage_exec(body(e))
         j.commit()
         if j.due():
+            j.wait_checkpoint()  # every roll writes one (a roll while one is being written writes none)
             j.roll(r.engine, r.window, {}, "size")
     return j, log
 
@@ -141,6 +144,31 @@ def renumbered(recs: list[Input]) -> list[Input]:
             r = CancelIn(r.client_id, f"{r.order_id}{i - 1}", r.ts_ns)
         out.append(r)
     return out
+
+
+def test_the_checkpoint_is_written_by_a_child_one_at_a_time_and_a_failure_is_logged(tmp_path: Path) -> None:
+    """A roll forks the checkpoint's writer and goes on; a roll while it writes writes none (the
+    next start replays one closed segment more); a writer that fails is logged with its errno."""
+    recs = renumbered(FLOW * 40)
+    j, log = journal_with(tmp_path, recs[:100], segment_bytes=4096)
+    j.wait_checkpoint()
+    written = log.events("journal_checkpoint_written")
+    assert written and [e["segment"] for e in written] == [e["segment"] for e in log.events("journal_rolled")]
+    busy = os.fork()
+    if busy == 0:  # stands for a checkpoint still being written
+        time.sleep(0.5)
+        os._exit(0)
+    j.child = (busy, 0, time.monotonic())
+    assert j.roll(matching.Engine(), venuestate.Window(), {}, "size")
+    assert log.events("journal_rolled")[-1]["checkpoint"] is False and j.child is not None
+    j.wait_checkpoint()  # the stand-in, reaped: logged as written, for segment 0
+    (tmp_path / "exchange.jsonl.checkpoint.tmp").mkdir()  # the writer's open fails: EISDIR
+    j.stage(encode(Start("s1", 2.0, 100, 0)))
+    j.commit()
+    assert j.roll(matching.Engine(), venuestate.Window(), {}, "size") and log.events("journal_rolled")[-1]["checkpoint"]
+    j.close()
+    failed = log.events("journal_checkpoint_failed")
+    assert [(e["errno"], e["segment"]) for e in failed] == [("EISDIR", j.closed)], failed
 
 
 def test_restore_replays_after_the_checkpoint_and_matches_a_replay_from_scratch(tmp_path: Path) -> None:
