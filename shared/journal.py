@@ -18,7 +18,6 @@ flat however long the history. ``read(path)`` gives every order, oldest first.
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from shared.journalfiles import (
     errno_name,
     lock,
     read_checkpoint,
-    sync_dir,
+    roll_segment,
     write_atomically,
 )
 from shared.protocol import DecisionContext
@@ -97,6 +96,31 @@ def read(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                     continue
                 if isinstance(obj, dict):
                     yield obj
+
+
+def entries_after(journal: str | os.PathLike[str], order_no: int) -> Iterator[Entry]:
+    """The order journal's entries above ``order_no``, oldest first, reading only the segments that
+    hold them (newest back to the one that starts at or below ``order_no + 1``)."""
+    dec = msgspec.json.Decoder(Entry)
+    wanted: list[Path] = []
+    for seg in reversed(segments(journal)):
+        wanted.append(seg)
+        with open(seg, "rb") as f:
+            first = f.readline()
+        try:
+            if dec.decode(first).order_no <= order_no + 1:
+                break
+        except msgspec.DecodeError:
+            continue
+    for seg in reversed(wanted):
+        with open(seg, "rb") as f:
+            for line in f:
+                try:
+                    e = dec.decode(line)
+                except msgspec.DecodeError:
+                    continue
+                if e.order_no > order_no:
+                    yield e
 
 
 def boundary_before(now_s: float, minute_of_day: int) -> float:
@@ -381,37 +405,16 @@ class Journal:
             return False
         t0 = time.monotonic()
         n = self.closed + 1
-        closed, nxt = f"{self.path}.{n}", self.path + NEXT
         try:
-            os.fsync(self.fd)  # a closed segment is on disk before the checkpoint counts it
-            if os.path.exists(closed):
-                raise FileExistsError(errno.EEXIST, "a closed segment is never overwritten", closed)
-            fd = os.open(nxt, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = roll_segment(self.path, self.fd, n)
         except OSError as e:
-            return self._roll_failed(e, reason)
-        try:
-            os.rename(self.path, closed)
-        except OSError as e:
-            os.close(fd)
-            os.unlink(nxt)
-            return self._roll_failed(e, reason)
-        try:
-            os.rename(nxt, self.path)
-        except OSError as e:  # put the open segment back; if even that fails, the loader sorts it out
-            os.close(fd)
-            os.rename(closed, self.path)
-            os.unlink(nxt)
             return self._roll_failed(e, reason)
         os.close(self.fd)
         self.fd, self.closed = fd, n
         size, self.size, self.first_ns = self.size, 0, None
-        try:
-            sync_dir(self.path)
-        except OSError:
-            pass  # the checkpoint's own fsync of the directory tries again
         self._write_checkpoint(self._checkpoint())
-        self.log.info("journal_rolled", path=closed, segment=n, reason=reason, bytes=size, orders=self.orders,
-                      last_order_no=self.last_no, ms=round((time.monotonic() - t0) * 1000, 1))
+        self.log.info("journal_rolled", path=f"{self.path}.{n}", segment=n, reason=reason, bytes=size,
+                      orders=self.orders, last_order_no=self.last_no, ms=round((time.monotonic() - t0) * 1000, 1))
         return True
 
     def _roll_failed(self, e: OSError, reason: str) -> bool:

@@ -74,6 +74,32 @@ def write_atomically(path: str, data: bytes) -> None:
     sync_dir(path)
 
 
+def roll_segment(path: str, fd: int, n: int) -> int:
+    """Close the open segment ``path`` (written through ``fd``, left open) as ``path.<n>`` and put an
+    empty one in its place; the new one's fd. OSError: the open segment is still ``path``, as it was."""
+    closed, nxt = f"{path}.{n}", path + NEXT
+    os.fsync(fd)  # a closed segment is on disk before a checkpoint counts it
+    if os.path.exists(closed):
+        raise FileExistsError(errno.EEXIST, "a closed segment is never overwritten", closed)
+    new = os.open(nxt, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.rename(path, closed)
+    except OSError:
+        os.close(new)
+        os.unlink(nxt)
+        raise
+    try:
+        os.rename(nxt, path)
+    except OSError:  # put the open segment back; if even that fails, the loader sorts it out
+        os.close(new)
+        os.rename(closed, path)
+        os.unlink(nxt)
+        raise
+    with contextlib.suppress(OSError):
+        sync_dir(path)  # else the checkpoint's own fsync of the directory tries again
+    return new
+
+
 def sync_dir(path: str) -> None:
     """fsync the directory holding ``path`` (a rename in it is then durable)."""
     fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
