@@ -60,7 +60,7 @@ class ClientExecs:
     __slots__ = ("ids", "lens", "offs", "segs")
 
     def __init__(self) -> None:
-        self.ids, self.segs, self.offs, self.lens = array("q"), array("l"), array("q"), array("l")
+        self.ids, self.segs, self.offs, self.lens = array("q"), array("i"), array("q"), array("i")
 
     def __len__(self) -> int:
         return len(self.ids)
