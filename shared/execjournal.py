@@ -54,6 +54,16 @@ class Checkpoint(msgspec.Struct):
     version: int = 1
 
 
+class _Where(msgspec.Struct):
+    """The two fields of an exec line that a search of older segments needs (the rest is skipped)."""
+
+    exec_id: int
+    client_id: str
+
+
+_where = msgspec.json.Decoder(_Where)
+
+
 class ClientExecs:
     """One client's indexed execs: their exec_ids and where their lines are (segment n, offset, length)."""
 
@@ -354,17 +364,19 @@ class ExecJournal:
         older = ClientExecs()
         key = msgspec.json.encode(client_id)  # in every line of the client: the others are not decoded
         for n, p in reversed(wanted):
-            with open(p, "rb") as f:
-                off = 0
-                for line in f:
-                    if key in line and line.endswith(b"\n"):
-                        try:
-                            x = decode_line(line)
-                        except msgspec.DecodeError:
-                            x = None
-                        if x is not None and x.client_id == client_id and after < x.exec_id <= upto:
-                            older.add(x.exec_id, n, off, len(line) - 1)
-                    off += len(line)
+            data = p.read_bytes()  # a closed segment: about journal_segment_bytes, for this search only
+            pos = 0
+            while (hit := data.find(key, pos)) >= 0:
+                start, end = data.rfind(b"\n", 0, hit) + 1, data.find(b"\n", hit)
+                if end < 0:
+                    break
+                pos = end + 1
+                try:
+                    w = _where.decode(data[start:end])
+                except msgspec.DecodeError:
+                    continue
+                if w.client_id == client_id and after < w.exec_id <= upto:
+                    older.add(w.exec_id, n, start, end - start)
         idx = self.index.get(client_id)
         if idx is not None:
             older.extend(idx)
