@@ -33,8 +33,17 @@ from typing import Any
 import msgspec
 
 from shared.execstate import ExecLine, ExecState, Snapshot, decode_line, restore, snapshot
-from shared.journal import boundary_before, closed_segments, segments
-from shared.journalfiles import CHECKPOINT, NEXT, errno_name, roll_segment, write_atomically
+from shared.journal import boundary_before
+from shared.journalfiles import (
+    CHECKPOINT,
+    NEXT,
+    closed_segments,
+    errno_name,
+    roll_segment,
+    segment_lines,
+    segments,
+    write_atomically,
+)
 
 SUFFIX, BASE_SUFFIX = ".execs", ".execs.base"
 RECENT = 4096  # the last lines kept in memory: a live exec is forwarded without reading the file back
@@ -118,13 +127,11 @@ def read_checkpoint(path: str) -> Checkpoint | None:
 def read_lines(journal: str | os.PathLike[str]) -> Iterator[ExecLine]:
     """Every exec line of a journal's exec journal, oldest first: the closed segments by n, then the
     open one; a line that is not one (torn, corrupt) is skipped."""
-    for seg in segments(str(journal) + SUFFIX):
-        with open(seg, "rb") as f:
-            for line in f:
-                try:
-                    yield decode_line(line)
-                except msgspec.DecodeError:
-                    continue
+    for line in segment_lines(str(journal) + SUFFIX):
+        try:
+            yield decode_line(line)
+        except msgspec.DecodeError:
+            continue
 
 
 def first_id(path: str | os.PathLike[str]) -> int | None:

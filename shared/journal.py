@@ -31,11 +31,14 @@ from shared.journalfiles import (
     CHECKPOINT,
     NEXT,
     Checkpoint,
+    closed_segments,
     encode_checkpoint,
     errno_name,
     lock,
     read_checkpoint,
     roll_segment,
+    segment_lines,
+    segments,
     write_atomically,
 )
 from shared.protocol import DecisionContext
@@ -67,35 +70,16 @@ class Entry(msgspec.Struct, frozen=True):
 # --- reading ------------------------------------------------------------------
 
 
-def closed_segments(path: str | os.PathLike[str]) -> list[tuple[int, Path]]:
-    """The closed segments that exist, as (n, path), oldest first."""
-    p = Path(path)
-    out = []
-    for q in p.parent.glob(p.name + ".*"):
-        n = q.name[len(p.name) + 1 :]
-        if n.isdigit() and not n.startswith("0"):
-            out.append((int(n), q))
-    return sorted(out)
-
-
-def segments(path: str | os.PathLike[str]) -> list[Path]:
-    """Every segment that exists, in order: closed ones by n, then the open one."""
-    p = Path(path)
-    return [q for _, q in closed_segments(p)] + ([p] if p.exists() else [])
-
-
 def read(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Every order of the journal, oldest first: the closed segments by n, then
-    the open one; a line that is not a JSON object (torn, corrupt) is skipped."""
-    for seg in segments(path):
-        with open(seg, "rb") as f:
-            for line in f:
-                try:
-                    obj = msgspec.json.decode(line)
-                except msgspec.DecodeError:
-                    continue
-                if isinstance(obj, dict):
-                    yield obj
+    """Every order of the journal, oldest first (``segment_lines``); a line that is not a JSON object
+    (torn, corrupt) is skipped."""
+    for line in segment_lines(path):
+        try:
+            obj = msgspec.json.decode(line)
+        except msgspec.DecodeError:
+            continue
+        if isinstance(obj, dict):
+            yield obj
 
 
 def entries_after(journal: str | os.PathLike[str], order_no: int) -> Iterator[Entry]:

@@ -1,5 +1,6 @@
-"""The journal's files beside its open segment (contract §8: the path plus a
-suffix that is not a number): the lock that makes one process its owner, the
+"""A journal's files: its segments (contract §8: closed ones are the open one's
+path plus ``.<n>``), read in order and rolled; and beside them (the path plus a
+suffix that is not a number) the lock that makes one process its owner, the
 checkpoint, and writing a file whole or not at all."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import contextlib
 import errno
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -35,6 +37,48 @@ class JournalLocked(Exception):
     def __init__(self, path: str, holder: int | None) -> None:
         super().__init__(f"{path} is locked by {f'pid {holder}' if holder else 'another process'}")
         self.holder = holder
+
+
+def closed_segments(path: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """The closed segments that exist, as (n, path), oldest first."""
+    p = Path(path)
+    out = []
+    for q in p.parent.glob(p.name + ".*"):
+        n = q.name[len(p.name) + 1 :]
+        if n.isdigit() and not n.startswith("0"):
+            out.append((int(n), q))
+    return sorted(out)
+
+
+def segments(path: str | os.PathLike[str]) -> list[Path]:
+    """Every segment that exists, in order: closed ones by n, then the open one."""
+    p = Path(path)
+    return [q for _, q in closed_segments(p)] + ([p] if p.exists() else [])
+
+
+def segment_lines(path: str | os.PathLike[str]) -> Iterator[bytes]:
+    """Every line of every segment, oldest first: the closed segments by n, then the open one. A roll
+    while this reads is followed: an open segment closed before it was opened here is read as closed."""
+    closed = closed_segments(path)
+    for _, seg in closed:
+        with open(seg, "rb") as f:
+            yield from f
+    n = closed[-1][0] if closed else 0
+    while True:
+        rolled = Path(f"{path}.{n + 1}")
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:  # between a roll's two renames, or no journal
+            if not rolled.exists():
+                return
+        else:
+            with f:
+                if not rolled.exists():  # opened before any roll since the listing: the rest is in it
+                    yield from f
+                    return
+        n += 1
+        with open(rolled, "rb") as g:
+            yield from g
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:

@@ -327,3 +327,21 @@ def test_the_readers_see_every_segment(tmp_path: Path) -> None:
     assert sum(c.fills for c in a.clients.values()) == build([], lines).fills
     a.close()
     assert [e.exec_id for e in audit.load_execs(tmp_path / "o.jsonl")["execs"]] == list(range(1, len(lines) + 1))
+
+
+def test_a_reader_follows_a_roll_that_happens_while_it_reads(tmp_path: Path) -> None:
+    lines = history(30)
+    j = write_history(tmp_path / "o.jsonl", lines[:40], segment_bytes=1 << 20)
+    assert j.roll("size")
+    for line in lines[40:50]:
+        j.stage(line)
+    j.commit()
+    reader = read_lines(tmp_path / "o.jsonl")
+    got = [next(reader).exec_id for _ in range(40)]  # segment 1 read, the open one not opened yet
+    assert j.roll("size")  # the open one is closed as segment 2 before the reader gets to it
+    for line in lines[50:]:
+        j.stage(line)
+    j.commit()
+    got += [e.exec_id for e in reader]
+    assert got == [e.exec_id for e in lines]
+    j.close()
