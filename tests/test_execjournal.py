@@ -345,3 +345,42 @@ def test_a_reader_follows_a_roll_that_happens_while_it_reads(tmp_path: Path) -> 
     got += [e.exec_id for e in reader]
     assert got == [e.exec_id for e in lines]
     j.close()
+
+
+def test_a_roll_that_fails_or_held_execs_leave_the_open_segment_in_use(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = history(30)
+    j = write_history(tmp_path / "o.jsonl", lines[:20], segment_bytes=1 << 20)
+    j.segment_bytes = 1  # full from now on
+    real_write, real_rename = os.write, os.rename
+
+    def full(fd: int, data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(execjournal.os, "write", full)
+    j.stage(lines[20])
+    assert j.commit() == [] and j.held
+    j.tick()  # never while execs are held: the open segment keeps its last whole line
+    assert j.closed == 0
+    monkeypatch.setattr(execjournal.os, "write", real_write)
+    j.retry_at = 0.0
+    assert j.commit()
+
+    def refused(src: Any, dst: Any) -> None:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(execjournal.os, "rename", refused)
+    j.tick()
+    assert j.closed == 0 and j.log.events("exec_journal_roll_failed")[0]["errno"] == "EACCES"
+    assert not (tmp_path / "o.jsonl.execs.next").exists()
+    for line in lines[21:25]:  # execs go on into the open segment
+        j.stage(line)
+    assert len(j.commit() or []) == 4
+    monkeypatch.setattr(execjournal.os, "rename", real_rename)
+    j.tick()
+    assert j.closed == 0  # not before RETRY_S
+    j._roll_retry_at = 0.0
+    j.tick()
+    assert j.closed == 1 and j.size == 0
+    j.close()
+    assert [e.exec_id for e in read_lines(tmp_path / "o.jsonl")] == [e.exec_id for e in lines[:25]]
