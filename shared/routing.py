@@ -131,7 +131,8 @@ class Router:
     def start_from(self, conn: Conn, client_id: str, last_exec_id: int | None) -> int:
         """Point a newly logged-on connection after ``last_exec_id`` (None: after every exec so far);
         how many execs it will be sent again."""
-        after = self.orders.client_last.get(client_id, 0) if last_exec_id is None else last_exec_id
+        last = self.orders.client_last.get(client_id, 0)
+        after = last if last_exec_id is None else min(last_exec_id, last)  # past our last: from our last on
         conn.state.cursor = after
         idx = self.execs.execs_of(client_id, after)
         return 0 if idx is None else len(idx) - idx.after(after)
