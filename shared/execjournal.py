@@ -33,17 +33,8 @@ from typing import Any
 import msgspec
 
 from shared.execstate import ExecLine, ExecState, Snapshot, decode_line, restore, snapshot
-from shared.journal import boundary_before
-from shared.journalfiles import (
-    CHECKPOINT,
-    NEXT,
-    closed_segments,
-    errno_name,
-    roll_segment,
-    segment_lines,
-    segments,
-    write_atomically,
-)
+from shared.journal import boundary_before, closed_segments, segment_lines, segments
+from shared.journalfiles import CHECKPOINT, NEXT, errno_name, roll_segment, write_atomically
 
 SUFFIX, BASE_SUFFIX = ".execs", ".execs.base"
 RECENT = 4096  # the last lines kept in memory: a live exec is forwarded without reading the file back
@@ -137,10 +128,11 @@ def read_lines(journal: str | os.PathLike[str]) -> Iterator[ExecLine]:
 def first_id(path: str | os.PathLike[str]) -> int | None:
     """The exec_id of a segment's first line (None: empty, or not an exec line)."""
     with open(path, "rb") as f:
-        try:
-            return decode_line(f.readline()).exec_id
-        except msgspec.DecodeError:
-            return None
+        first = f.readline()
+    try:
+        return _where.decode(first).exec_id
+    except msgspec.DecodeError:
+        return None
 
 
 class ExecJournal:
