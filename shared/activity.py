@@ -146,8 +146,7 @@ class Activity:
         self.exec_id = 0  # the highest exec_id taken in
         self.first = True
         self._journal_tail = self._load_journal()
-        self._execs_tail = Tail(str(self.journal) + EXECS_SUFFIX, "start")
-        self._execs(self._execs_tail, history=True)
+        self._execs_tail = self._load_execs()
         self.follow({}, cfg.resolve(cfg.auditor.log).parent)
 
     # --- sources ----------------------------------------------------------------
@@ -157,6 +156,14 @@ class Activity:
             self._entries(Tail(p, "start"), history=True)
         tail = Tail(self.journal, "start")
         self._entries(tail, history=True)
+        return tail
+
+    def _load_execs(self) -> Tail:
+        path = str(self.journal) + EXECS_SUFFIX
+        for _, p in closed_segments(path):
+            self._execs(Tail(p, "start"), history=True)
+        tail = Tail(path, "start")
+        self._execs(tail, history=True)
         return tail
 
     def follow(self, logs: dict[str, Path], logs_dir: Path) -> None:

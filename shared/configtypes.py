@@ -47,7 +47,7 @@ class OrderManager:
     token_file: str = "deploy/order.token"
     journal: str = "logs/orders.jsonl"
     journal_sync: str = "write"  # "write": in the OS before the ack; "fsync": on disk
-    journal_segment_bytes: int = 16_777_216  # the open segment is closed (rolled) past this size
+    journal_segment_bytes: int = 16_777_216  # the open segment (the exec journal's too) is rolled past this size
     journal_roll_at: str = ""  # "HH:MM" UTC: also roll at this session boundary each day ("": never)
     journal_window: int = 8192  # order ids kept per client for de-duplication (at least)
     heartbeat_ms: int = 250

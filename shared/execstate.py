@@ -210,6 +210,41 @@ class ExecState:
         return [o.open_order() for o in sorted(self.open.get(client_id, {}).values(), key=lambda o: o.order_no)]
 
 
+class Snapshot(msgspec.Struct, array_like=True):
+    """An ``ExecState`` at the end of some exec lines, as the exec journal's checkpoint holds it:
+    what those lines made of it (orders with no exec yet come from the order journal, not from here)."""
+
+    last_exec_id: int
+    routed_upto: int
+    routed_above: list[int]
+    fills: int
+    client_last: dict[str, int]
+    positions: dict[str, dict[str, int]]
+    open: list[tuple[int, str, str, str, str, int, float | None, str, str, int, int]]  # see Order
+
+
+def snapshot(st: ExecState) -> Snapshot:
+    """The state's exec part (its routed orders, positions, exec_ids), in a canonical order."""
+    orders = [(o.order_no, o.client_id, o.order_id, o.symbol, o.side, o.qty, o.price, o.ord_type, o.tif, o.cum_qty,
+               o.leaves_qty) for no, o in sorted(st.by_no.items()) if st.routed(no)]
+    return Snapshot(st.last_exec_id, st.routed_upto, sorted(st._routed_above), st.fills, dict(sorted(
+        st.client_last.items())), {c: dict(sorted(p.items())) for c, p in sorted(st.positions.items())}, orders)
+
+
+def restore(st: ExecState, snap: Snapshot) -> None:
+    """Put a snapshot into a fresh state (one that has seen nothing but its ``routed_upto``)."""
+    st.last_exec_id, st.fills = snap.last_exec_id, snap.fills
+    st.routed_upto = max(st.routed_upto, snap.routed_upto)
+    st._routed_above = {no for no in snap.routed_above if no > st.routed_upto}
+    st.client_last, st.positions = dict(snap.client_last), {c: dict(p) for c, p in snap.positions.items()}
+    for no, cid, oid, symbol, side, qty, price, ord_type, tif, cum, leaves in snap.open:
+        o = Order(no, cid, oid, symbol, side, qty, price, ord_type, tif)
+        o.cum_qty = cum
+        st.open.setdefault(cid, {})[oid] = o
+        st.by_no[no] = o
+        st._set_leaves(o, leaves)
+
+
 def build(entries: Iterable[Any], execs: Iterable[ExecLine], routed_upto: int = 0) -> ExecState:
     """The state after a journal's orders and an exec journal's lines (the audit's and the tests' way)."""
     st = ExecState(routed_upto)

@@ -18,7 +18,6 @@ flat however long the history. ``read(path)`` gives every order, oldest first.
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from collections.abc import Iterator
@@ -32,11 +31,14 @@ from shared.journalfiles import (
     CHECKPOINT,
     NEXT,
     Checkpoint,
+    closed_segments,
     encode_checkpoint,
     errno_name,
     lock,
     read_checkpoint,
-    sync_dir,
+    roll_segment,
+    segment_lines,
+    segments,
     write_atomically,
 )
 from shared.protocol import DecisionContext
@@ -68,35 +70,41 @@ class Entry(msgspec.Struct, frozen=True):
 # --- reading ------------------------------------------------------------------
 
 
-def closed_segments(path: str | os.PathLike[str]) -> list[tuple[int, Path]]:
-    """The closed segments that exist, as (n, path), oldest first."""
-    p = Path(path)
-    out = []
-    for q in p.parent.glob(p.name + ".*"):
-        n = q.name[len(p.name) + 1 :]
-        if n.isdigit() and not n.startswith("0"):
-            out.append((int(n), q))
-    return sorted(out)
-
-
-def segments(path: str | os.PathLike[str]) -> list[Path]:
-    """Every segment that exists, in order: closed ones by n, then the open one."""
-    p = Path(path)
-    return [q for _, q in closed_segments(p)] + ([p] if p.exists() else [])
-
-
 def read(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Every order of the journal, oldest first: the closed segments by n, then
-    the open one; a line that is not a JSON object (torn, corrupt) is skipped."""
-    for seg in segments(path):
+    """Every order of the journal, oldest first (``segment_lines``); a line that is not a JSON object
+    (torn, corrupt) is skipped."""
+    for line in segment_lines(path):
+        try:
+            obj = msgspec.json.decode(line)
+        except msgspec.DecodeError:
+            continue
+        if isinstance(obj, dict):
+            yield obj
+
+
+def entries_after(journal: str | os.PathLike[str], order_no: int) -> Iterator[Entry]:
+    """The order journal's entries above ``order_no``, oldest first, reading only the segments that
+    hold them (newest back to the one that starts at or below ``order_no + 1``)."""
+    dec = msgspec.json.Decoder(Entry)
+    wanted: list[Path] = []
+    for seg in reversed(segments(journal)):
+        wanted.append(seg)
+        with open(seg, "rb") as f:
+            first = f.readline()
+        try:
+            if dec.decode(first).order_no <= order_no + 1:
+                break
+        except msgspec.DecodeError:
+            continue
+    for seg in reversed(wanted):
         with open(seg, "rb") as f:
             for line in f:
                 try:
-                    obj = msgspec.json.decode(line)
+                    e = dec.decode(line)
                 except msgspec.DecodeError:
                     continue
-                if isinstance(obj, dict):
-                    yield obj
+                if e.order_no > order_no:
+                    yield e
 
 
 def boundary_before(now_s: float, minute_of_day: int) -> float:
@@ -381,37 +389,16 @@ class Journal:
             return False
         t0 = time.monotonic()
         n = self.closed + 1
-        closed, nxt = f"{self.path}.{n}", self.path + NEXT
         try:
-            os.fsync(self.fd)  # a closed segment is on disk before the checkpoint counts it
-            if os.path.exists(closed):
-                raise FileExistsError(errno.EEXIST, "a closed segment is never overwritten", closed)
-            fd = os.open(nxt, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = roll_segment(self.path, self.fd, n)
         except OSError as e:
-            return self._roll_failed(e, reason)
-        try:
-            os.rename(self.path, closed)
-        except OSError as e:
-            os.close(fd)
-            os.unlink(nxt)
-            return self._roll_failed(e, reason)
-        try:
-            os.rename(nxt, self.path)
-        except OSError as e:  # put the open segment back; if even that fails, the loader sorts it out
-            os.close(fd)
-            os.rename(closed, self.path)
-            os.unlink(nxt)
             return self._roll_failed(e, reason)
         os.close(self.fd)
         self.fd, self.closed = fd, n
         size, self.size, self.first_ns = self.size, 0, None
-        try:
-            sync_dir(self.path)
-        except OSError:
-            pass  # the checkpoint's own fsync of the directory tries again
         self._write_checkpoint(self._checkpoint())
-        self.log.info("journal_rolled", path=closed, segment=n, reason=reason, bytes=size, orders=self.orders,
-                      last_order_no=self.last_no, ms=round((time.monotonic() - t0) * 1000, 1))
+        self.log.info("journal_rolled", path=f"{self.path}.{n}", segment=n, reason=reason, bytes=size,
+                      orders=self.orders, last_order_no=self.last_no, ms=round((time.monotonic() - t0) * 1000, 1))
         return True
 
     def _roll_failed(self, e: OSError, reason: str) -> bool:

@@ -1,5 +1,6 @@
-"""The journal's files beside its open segment (contract §8: the path plus a
-suffix that is not a number): the lock that makes one process its owner, the
+"""A journal's files: its segments (contract §8: closed ones are the open one's
+path plus ``.<n>``), read in order and rolled; and beside them (the path plus a
+suffix that is not a number) the lock that makes one process its owner, the
 checkpoint, and writing a file whole or not at all."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import contextlib
 import errno
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -35,6 +37,48 @@ class JournalLocked(Exception):
     def __init__(self, path: str, holder: int | None) -> None:
         super().__init__(f"{path} is locked by {f'pid {holder}' if holder else 'another process'}")
         self.holder = holder
+
+
+def closed_segments(path: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """The closed segments that exist, as (n, path), oldest first."""
+    p = Path(path)
+    out = []
+    for q in p.parent.glob(p.name + ".*"):
+        n = q.name[len(p.name) + 1 :]
+        if n.isdigit() and not n.startswith("0"):
+            out.append((int(n), q))
+    return sorted(out)
+
+
+def segments(path: str | os.PathLike[str]) -> list[Path]:
+    """Every segment that exists, in order: closed ones by n, then the open one."""
+    p = Path(path)
+    return [q for _, q in closed_segments(p)] + ([p] if p.exists() else [])
+
+
+def segment_lines(path: str | os.PathLike[str]) -> Iterator[bytes]:
+    """Every line of every segment, oldest first: the closed segments by n, then the open one. A roll
+    while this reads is followed: an open segment closed before it was opened here is read as closed."""
+    closed = closed_segments(path)
+    for _, seg in closed:
+        with open(seg, "rb") as f:
+            yield from f
+    n = closed[-1][0] if closed else 0
+    while True:
+        rolled = Path(f"{path}.{n + 1}")
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:  # between a roll's two renames, or no journal
+            if not rolled.exists():
+                return
+        else:
+            with f:
+                if not rolled.exists():  # opened before any roll since the listing: the rest is in it
+                    yield from f
+                    return
+        n += 1
+        with open(rolled, "rb") as g:
+            yield from g
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:
@@ -72,6 +116,32 @@ def write_atomically(path: str, data: bytes) -> None:
             os.unlink(tmp)  # no half checkpoint left to take room on a full disk
         raise
     sync_dir(path)
+
+
+def roll_segment(path: str, fd: int, n: int) -> int:
+    """Close the open segment ``path`` (written through ``fd``, left open) as ``path.<n>`` and put an
+    empty one in its place; the new one's fd. OSError: the open segment is still ``path``, as it was."""
+    closed, nxt = f"{path}.{n}", path + NEXT
+    os.fsync(fd)  # a closed segment is on disk before a checkpoint counts it
+    if os.path.exists(closed):
+        raise FileExistsError(errno.EEXIST, "a closed segment is never overwritten", closed)
+    new = os.open(nxt, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.rename(path, closed)
+    except OSError:
+        os.close(new)
+        os.unlink(nxt)
+        raise
+    try:
+        os.rename(nxt, path)
+    except OSError:  # put the open segment back; if even that fails, the loader sorts it out
+        os.close(new)
+        os.rename(closed, path)
+        os.unlink(nxt)
+        raise
+    with contextlib.suppress(OSError):
+        sync_dir(path)  # else the checkpoint's own fsync of the directory tries again
+    return new
 
 
 def sync_dir(path: str) -> None:

@@ -5,8 +5,8 @@ Every accepted order is journaled (shared.journal) before any ack of the turn
 goes out, so ``kill -9`` never loses an acked order; then it is routed to the
 venue (shared.venue). Every exec is journaled (shared.execjournal) before it
 is forwarded to the strategy that owns the order, each once per connection,
-in exec_id order: a connection's ``cursor`` walks its client's execs in the
-exec journal, so what a reconnecting strategy missed (``logon.last_exec_id``)
+in exec_id order: a connection's ``cursor`` (the last exec_id it was sent)
+walks its client's execs in the exec journal, so what a reconnecting strategy missed (``logon.last_exec_id``)
 and what is live come from the same place.
 """
 
@@ -43,7 +43,7 @@ from shared.routing import Router, route
 
 
 class Session:
-    """Per-connection state; ``cursor``: the position, in its client's execs, of the next one to send."""
+    """Per-connection state; ``cursor``: the exec_id of the last exec sent to it (of its client's)."""
 
     __slots__ = ("client_id", "cursor", "since")
 
@@ -320,6 +320,7 @@ class OrderManager:
                 self.next_housekeeping = max(retry.next_at, now + 0.01)
                 return  # not bound: nobody can connect yet
             self.journal.tick()
+            self.router.execs.tick()
             self.server.poll(now)
             self.router.link.poll(now)
             self._poll_halts(now)

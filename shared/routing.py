@@ -5,9 +5,9 @@ Accepted orders are routed right after they are journaled, and again after every
 the venue while they have no exec (the venue ignores an order it has). An exec is journaled only
 if its exec_id is above the highest journaled (the venue repeats what follows our logon's
 ``last_exec_id``), and forwarded only after the turn's exec lines are written. Each strategy
-connection has a cursor into its client's execs in the exec journal: forwarding moves the cursor,
+connection has a cursor, the exec_id of the last exec it was sent: forwarding moves the cursor,
 so each exec goes once per connection, in exec_id order, live or replayed after a logon with
-``last_exec_id``.
+``last_exec_id`` (from the closed segments of the exec journal too).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 
 from shared import config as config_mod
 from shared import logs
-from shared.execjournal import ExecJournal, entries_after
+from shared.execjournal import ExecJournal
 from shared.execstate import ExecLine, ExecState, Order
+from shared.journal import entries_after
 from shared.net import Conn, Loop
 from shared.protocol import Exec, LogonAck, Reject, Route, frame
 from shared.venue import VenueLink
@@ -45,8 +46,9 @@ class Router:
 
     def load(self, journal_path: str, last_order_no: int) -> None:
         """The exec journal into ``orders``, then the accepted orders that have no exec yet (to route)."""
-        self.execs = ExecJournal(journal_path, self.cfg.ordermanager.journal_sync, self.log, self.orders,
-                                 last_order_no)
+        om = self.cfg.ordermanager
+        self.execs = ExecJournal(journal_path, om.journal_sync, self.log, self.orders, last_order_no,
+                                 om.journal_segment_bytes, config_mod.roll_at_minute(om.journal_roll_at))
         n = sum(self.orders.accept_entry(e) is not None for e in entries_after(journal_path, self.orders.routed_upto))
         if n:
             self.log.info("orders_to_route", orders=n, first_order_no=self.orders.unrouted()[0].order_no)
@@ -129,25 +131,32 @@ class Router:
     def start_from(self, conn: Conn, client_id: str, last_exec_id: int | None) -> int:
         """Point a newly logged-on connection after ``last_exec_id`` (None: after every exec so far);
         how many execs it will be sent again."""
-        idx = self.execs.index.get(client_id)
-        conn.state.cursor = 0 if idx is None else idx.after(last_exec_id)
-        return 0 if idx is None else len(idx) - conn.state.cursor
+        last = self.orders.client_last.get(client_id, 0)
+        after = last if last_exec_id is None else min(last_exec_id, last)  # past our last: from our last on
+        conn.state.cursor = after
+        idx = self.execs.execs_of(client_id, after)
+        return 0 if idx is None else len(idx) - idx.after(after)
 
     def pump(self, conn: Conn) -> None:
-        """Send the client's execs from its cursor on, while its unsent bytes stay below EXEC_BATCH."""
+        """Send the client's execs after its cursor, while its unsent bytes stay below EXEC_BATCH."""
         st = conn.state
-        idx = self.execs.index.get(st.client_id or "")
-        if idx is None or st.cursor >= len(idx) or len(conn.out) >= EXEC_BATCH:
+        if len(conn.out) >= EXEC_BATCH:
+            return
+        idx = self.execs.execs_of(st.client_id or "", st.cursor)
+        if idx is None:
+            return
+        i, n = idx.after(st.cursor), len(idx)
+        if i >= n:
             return
         buf = bytearray()
-        i, n, room = st.cursor, len(idx), EXEC_BATCH - len(conn.out)
+        room = EXEC_BATCH - len(conn.out)
         line = self.execs.line
         while i < n and len(buf) < room:
             body = line(idx, i)
             buf += len(body).to_bytes(4, "big")
             buf += body
             i += 1
-        st.cursor = i
+        st.cursor = idx.ids[i - 1]
         conn.write(buf)
 
     def close(self, deadline: float, loaded: bool) -> None:

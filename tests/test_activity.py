@@ -100,6 +100,24 @@ def test_a_torn_or_repeated_exec_line_is_skipped(cfg: config.Config, tmp_path: P
     a.close()
 
 
+def test_every_exec_segment_is_read_and_a_roll_followed(cfg: config.Config, tmp_path: Path) -> None:
+    """The exec journal rolls like the journal: its closed segments at start, then the open one,
+    and an open one closed while it is followed is finished before the new one is read."""
+    write(tmp_path / "orders.jsonl", ORDERS)
+    write(tmp_path / "orders.jsonl.execs.1", EXECS[:2])
+    write(tmp_path / "orders.jsonl.execs", EXECS[2:4])
+    a = Activity(cfg)
+    a.poll(time.monotonic(), {})
+    assert a.exec_id == 4 and a.clients["momentum"].fills == 1 and a.clients["strategy-1"].fills == 1
+    write(tmp_path / "orders.jsonl.execs", EXECS[4:5], "a")
+    os.rename(tmp_path / "orders.jsonl.execs", tmp_path / "orders.jsonl.execs.2")
+    write(tmp_path / "orders.jsonl.execs", EXECS[5:])
+    a.poll(time.monotonic(), {})
+    a.poll(time.monotonic(), {})
+    assert a.exec_id == 6 and list(a.clients["strategy-1"].open) == ["strategy-1-2"]
+    a.close()
+
+
 def plain(renderable: Any) -> str:
     console = Console(width=100, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
     console.print(renderable)

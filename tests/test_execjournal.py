@@ -12,9 +12,9 @@ import msgspec
 import pytest
 
 from shared import execjournal
-from shared.execjournal import ExecJournal, entries_after, read_base, read_lines
-from shared.execstate import ExecLine, ExecState
-from shared.journal import Entry, Journal
+from shared.execjournal import ExecJournal, read_base, read_lines
+from shared.execstate import ExecLine, ExecState, build, decode_line, snapshot
+from shared.journal import Entry, Journal, entries_after, segments
 from shared.protocol import Exec
 
 
@@ -181,3 +181,200 @@ def test_an_old_journal_line_reads_as_a_limit_order_for_the_day(tmp_path: Path) 
     (tmp_path / "o.jsonl").write_bytes(old)
     [e] = entries_after(tmp_path / "o.jsonl", 0)
     assert (e.price, e.ord_type, e.tif) == (1.5, "limit", "day")
+
+
+# --- segments and the checkpoint ---------------------------------------------------------------------
+
+
+def history(orders: int) -> list[ExecLine]:
+    """Execs of ``orders`` orders of two clients: each new, most partly filled, every third ended
+    (filled or canceled), so some stay open with leaves."""
+    out: list[ExecLine] = []
+    for no in range(1, orders + 1):
+        cid = "c1" if no % 2 else "c2"
+        out.append(x(len(out) + 1, no, cid=cid, order_qty=10, order_price=99.0))
+        if no % 4:
+            out.append(x(len(out) + 1, no, "partially_filled", 4, 6, 4, 99.0, cid=cid))
+        if no % 3 == 0:
+            end = "filled" if no % 2 else "canceled"
+            out.append(x(len(out) + 1, no, end, 10 if end == "filled" else 4 if no % 4 else 0, 0,
+                         (6 if no % 4 else 10) if end == "filled" else 0, 99.0, cid=cid))
+    return out
+
+
+def write_history(path: Path, lines: list[ExecLine], segment_bytes: int = 2048, per_turn: int = 3) -> ExecJournal:
+    """An exec journal (left open) that took ``lines`` a few per turn, ticking between turns."""
+    j = ExecJournal(str(path), "write", Log(), ExecState(), 0, segment_bytes)
+    for k in range(0, len(lines), per_turn):
+        for line in lines[k : k + per_turn]:
+            j.stage(line)
+        j.commit()
+        j.tick()
+    return j
+
+
+def dump(st: ExecState) -> bytes:
+    return msgspec.json.encode(snapshot(st))
+
+
+def sent(j: ExecJournal, cid: str, after: int) -> list[int]:
+    """The exec_ids a strategy logging on with ``after`` is sent, as the router pumps them."""
+    idx = j.execs_of(cid, after)
+    if idx is None:
+        return []
+    return [decode_line(j.line(idx, i)).exec_id for i in range(idx.after(after), len(idx))]
+
+
+def test_the_open_segment_rolls_by_size_with_a_checkpoint_and_a_restart_reads_only_the_open_one(
+        tmp_path: Path) -> None:
+    lines = history(60)
+    j = write_history(tmp_path / "o.jsonl", lines)
+    assert j.closed >= 3 and j.size < 2048 + 3 * 400
+    j.close()
+    base = str(tmp_path / "o.jsonl.execs")
+    assert [p.name for p in segments(base)][-1] == "o.jsonl.execs" and os.path.exists(base + ".checkpoint")
+    assert [e.exec_id for e in read_lines(tmp_path / "o.jsonl")] == [e.exec_id for e in lines]  # every segment
+    j2, st, log = open_journal(tmp_path / "o.jsonl")
+    loaded = log.events("exec_journal_loaded")[0]
+    in_open = sum(1 for _ in open(base, "rb"))
+    assert (loaded["read"], loaded["execs"], loaded["segments"]) == (in_open, len(lines), j.closed)
+    assert dump(st) == dump(build([], lines))  # the checkpoint and the open segment: as if read whole
+    assert st.open_orders("c1") == build([], lines).open_orders("c1") and st.open_orders("c1")
+    assert set(j2.index) <= {"c1", "c2"} and sum(map(len, j2.index.values())) == in_open  # the open segment's
+    j2.close()
+
+
+def test_a_session_boundary_rolls_the_open_segment(tmp_path: Path) -> None:
+    j = ExecJournal(str(tmp_path / "o.jsonl"), "write", Log(), ExecState(), 0, 1 << 20, roll_at=0)
+    j.stage(msgspec.structs.replace(x(1, 1), recv_ns=86400 * 10**9 - 1))  # just before a day's 00:00
+    j.commit()
+    j.tick(now_s=86400 - 10)  # the same day: no roll
+    assert j.closed == 0
+    j.tick(now_s=86400 + 10)  # began before today's 00:00 boundary
+    assert j.closed == 1 and j.size == 0
+    j.close()
+
+
+def test_a_strategy_gets_what_it_missed_once_from_older_segments(tmp_path: Path) -> None:
+    lines = history(60)
+    mine = [e.exec_id for e in lines if e.client_id == "c1"]
+    j = write_history(tmp_path / "o.jsonl", lines)
+    for after in (0, mine[3], mine[len(mine) // 2], mine[-2], mine[-1]):
+        assert sent(j, "c1", after) == [i for i in mine if i > after]
+    j.close()
+    j2, _, log = open_journal(tmp_path / "o.jsonl")  # a restart: only the open segment is indexed
+    assert sent(j2, "c1", mine[-1]) == []
+    assert sent(j2, "c1", mine[5]) == mine[6:]
+    assert log.events("exec_journal_read_older")[0]["segments"] < j2.closed + 1
+    assert sent(j2, "c1", 0) == mine and sent(j2, "c2", 0) == [e.exec_id for e in lines if e.client_id == "c2"]
+    j2.close()
+
+
+def test_a_replay_in_progress_carries_on_across_a_roll(tmp_path: Path) -> None:
+    """The router's cursor is an exec_id: a roll that starts the index again loses it nothing."""
+    lines = history(60)
+    j = write_history(tmp_path / "o.jsonl", lines[:100])
+    mine = [e.exec_id for e in lines if e.client_id == "c1"]
+    got = sent(j, "c1", 0)[:10]  # a first batch
+    for line in lines[100:]:
+        j.stage(line)
+    j.commit()
+    assert j.roll("size")
+    got += sent(j, "c1", got[-1])
+    assert got == mine
+    j.close()
+
+
+def test_a_torn_tail_a_lost_checkpoint_and_a_roll_cut_short_read_the_same(tmp_path: Path) -> None:
+    lines = history(60)
+    j = write_history(tmp_path / "o.jsonl", lines)
+    j.close()
+    base = tmp_path / "o.jsonl.execs"
+    whole = base.read_bytes()
+    base.write_bytes(whole + b'{"type":"exec","order_id"')  # torn at the end of the open segment
+    want = dump(build([], lines))
+    j2, st, log = open_journal(tmp_path / "o.jsonl")
+    assert base.read_bytes() == whole and log.events("exec_journal_repaired") and dump(st) == want
+    j2.close()
+    cp = Path(str(base) + ".checkpoint")
+    older = cp.read_bytes()
+    cp.write_bytes(b"{not json")
+    j3, st3, log3 = open_journal(tmp_path / "o.jsonl")  # read from segment 1 again, then a new checkpoint
+    assert log3.events("exec_journal_checkpoint_unreadable") and dump(st3) == want
+    assert log3.events("exec_journal_loaded")[0]["read"] == len(lines)
+    j3.close()
+    assert cp.read_bytes() != older  # rewritten whole by that start
+    os.unlink(cp)
+    j4, st4, log4 = open_journal(tmp_path / "o.jsonl")
+    assert log4.events("exec_journal_checkpoint_missing") and dump(st4) == want
+    j4.close()
+    j5, st5, log5 = open_journal(tmp_path / "o.jsonl")  # the checkpoint the last start wrote
+    assert dump(st5) == want and log5.events("exec_journal_loaded")[0]["read"] < len(lines)
+    j5.close()
+
+
+def test_the_readers_see_every_segment(tmp_path: Path) -> None:
+    """stack-audit's exec journal (the invariants and the harness use read_lines too; stack-top and
+    the metrics: tests/test_activity.py)."""
+    from shared.ops import audit
+
+    lines = history(60)
+    write_history(tmp_path / "o.jsonl", lines).close()
+    assert [e.exec_id for e in audit.load_execs(tmp_path / "o.jsonl")["execs"]] == list(range(1, len(lines) + 1))
+
+
+def test_a_reader_follows_a_roll_that_happens_while_it_reads(tmp_path: Path) -> None:
+    lines = history(30)
+    j = write_history(tmp_path / "o.jsonl", lines[:40], segment_bytes=1 << 20)
+    assert j.roll("size")
+    for line in lines[40:50]:
+        j.stage(line)
+    j.commit()
+    reader = read_lines(tmp_path / "o.jsonl")
+    got = [next(reader).exec_id for _ in range(40)]  # segment 1 read, the open one not opened yet
+    assert j.roll("size")  # the open one is closed as segment 2 before the reader gets to it
+    for line in lines[50:]:
+        j.stage(line)
+    j.commit()
+    got += [e.exec_id for e in reader]
+    assert got == [e.exec_id for e in lines]
+    j.close()
+
+
+def test_a_roll_that_fails_or_held_execs_leave_the_open_segment_in_use(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = history(30)
+    j = write_history(tmp_path / "o.jsonl", lines[:20], segment_bytes=1 << 20)
+    j.segment_bytes = 1  # full from now on
+    real_write, real_rename = os.write, os.rename
+
+    def full(fd: int, data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(execjournal.os, "write", full)
+    j.stage(lines[20])
+    assert j.commit() == [] and j.held
+    j.tick()  # never while execs are held: the open segment keeps its last whole line
+    assert j.closed == 0
+    monkeypatch.setattr(execjournal.os, "write", real_write)
+    j.retry_at = 0.0
+    assert j.commit()
+
+    def refused(src: Any, dst: Any) -> None:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(execjournal.os, "rename", refused)
+    j.tick()
+    assert j.closed == 0 and j.log.events("exec_journal_roll_failed")[0]["errno"] == "EACCES"
+    assert not (tmp_path / "o.jsonl.execs.next").exists()
+    for line in lines[21:25]:  # execs go on into the open segment
+        j.stage(line)
+    assert len(j.commit() or []) == 4
+    monkeypatch.setattr(execjournal.os, "rename", real_rename)
+    j.tick()
+    assert j.closed == 0  # not before RETRY_S
+    j._roll_retry_at = 0.0
+    j.tick()
+    assert j.closed == 1 and j.size == 0
+    j.close()
+    assert [e.exec_id for e in read_lines(tmp_path / "o.jsonl")] == [e.exec_id for e in lines[:25]]

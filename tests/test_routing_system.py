@@ -41,8 +41,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     d = tmp_path_factory.mktemp("routing")
     replay = d / "prices.csv"
     replay.write_text("".join(f"{s},{p}\n" for s, p in MARKS.items()))
-    # heartbeat_ms 5000: a test client waits for the exchange to come back without a word
-    s = Stack(d, {"gateway": {"replay": str(replay), "price_rate": 30.0}, "ordermanager": {"heartbeat_ms": 5000}})
+    # heartbeat_ms 5000: a test client waits for the exchange to come back without a word; segments of
+    # 64 KiB: the journals roll every few hundred orders and execs, kill -9 included
+    s = Stack(d, {"gateway": {"replay": str(replay), "price_rate": 30.0},
+                  "ordermanager": {"heartbeat_ms": 5000, "journal_segment_bytes": 65536}})
     try:
         s.start(timeout=60)
         s.wait_for(venue_up(s), timeout=60)

@@ -22,6 +22,7 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from supervisor.xmlrpc import SupervisorTransport
 
 from shared import book, config, execjournal, journal
@@ -235,8 +236,8 @@ class Stack:
         return list(journal.read(self.cfg.resolve(self.cfg.ordermanager.journal)))
 
     def execs(self) -> list[dict[str, Any]]:
-        """The ordermanager's exec journal: every exec it had from the venue, by exec_id."""
-        return read_jsonl(Path(str(self.cfg.resolve(self.cfg.ordermanager.journal)) + execjournal.SUFFIX))
+        """The ordermanager's exec journal: every exec it had from the venue, by exec_id (every segment)."""
+        return [msgspec.to_builtins(x) for x in execjournal.read_lines(self.cfg.resolve(self.cfg.ordermanager.journal))]
 
     def exchange_journal(self) -> Path:
         """The exchange's journal (its open segment; ``stack-replay`` reads them all)."""
