@@ -258,22 +258,19 @@ class VenueJournal:
             return False
         os.close(self.fd)
         self.fd, self.closed, size, self.size = fd, n, self.size, 0
-        self.wait_checkpoint(block=reason == "shutdown")
-        checkpoint = self.child is None  # else the one before is still being written: the next roll's counts
-        if checkpoint:
-            self._checkpoint_in_child(engine, window, ticks, n)
+        self.wait_checkpoint()  # the one before, if still being written: in order, and every roll has its own
+        self._checkpoint_in_child(engine, window, ticks, n)
         self.log.info("journal_rolled", path=closed, segment=n, reason=reason, bytes=size, lines=self.lines,
-                      resting=venuestate.resting(engine), ms=round((time.monotonic() - t0) * 1000, 1),
-                      checkpoint=checkpoint)
+                      resting=venuestate.resting(engine), ms=round((time.monotonic() - t0) * 1000, 1))
         return True
 
     def _checkpoint_in_child(self, engine: matching.Engine, window: venuestate.Window,
                              ticks: dict[str, tuple[str, int]], segment: int) -> None:
         """Write the checkpoint from a forked child, which sees the state as it is now (copy on write)
-        while this process goes on matching: written here, under load, it held the loop for longer
-        than the ordermanager's link waits (3 heartbeats). One child at a time, so the checkpoints land
-        in order; a roll while one is being written writes none (a start then replays one closed segment
-        more). If it fails, the next start replays the closed segments instead: slower, as correct."""
+        while this process goes on matching: written here, it held the loop for the whole snapshot.
+        One child at a time: a roll waits for the one before (only when checkpoints take longer than a
+        segment takes to fill), so they land in order and a start replays one segment at most. If it
+        fails, the next start replays the closed segments instead: slower, as correct."""
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: writes the file and says how it went by its exit status; never returns
