@@ -6,8 +6,8 @@ goes out, so ``kill -9`` never loses an acked order; then it is routed to the
 venue (shared.venue). Every exec is journaled (shared.execjournal) before it
 is forwarded to the strategy that owns the order, each once per connection,
 in exec_id order: a connection's ``cursor`` (the last exec_id it was sent)
-walks its client's execs in the exec journal, so what a reconnecting strategy missed (``logon.last_exec_id``)
-and what is live come from the same place.
+walks its client's execs in the exec journal, so what a reconnecting strategy
+missed (``logon.last_exec_id``) and what is live come from the same place.
 """
 
 from __future__ import annotations
