@@ -369,14 +369,17 @@ def test_replay_of_a_session_with_kills_reproduces_every_exec(tmp_path: Path) ->
         assert r.returncode == 0, r.stderr.decode()
         derived = r.stdout.splitlines()
         assert [json.loads(d) for d in derived] == [{k: x for k, x in j.items() if k != "k"} for j in journaled]
-        text = v.journal.parent.joinpath("exchange.jsonl.1").read_bytes()
-        lines = text.splitlines(keepends=True)
+        # The first closed segment with a fill in it (which one depends on the prices), tampered with.
+        filled = (seg for seg in sorted(v.journal.parent.glob("exchange.jsonl.[0-9]*"), key=lambda p: int(p.suffix[1:]))
+                  if b'"status":"filled"' in seg.read_bytes())
+        seg = next(filled)
+        lines = seg.read_bytes().splitlines(keepends=True)
         i = next(i for i, ln in enumerate(lines) if b'"status":"filled"' in ln)
         lines[i] = lines[i].replace(b'"last_qty":', b'"last_qty":1', 1)
-        v.journal.parent.joinpath("exchange.jsonl.1").write_bytes(b"".join(lines))
+        seg.write_bytes(b"".join(lines))
         bad = subprocess.run([sys.executable, "-m", "shared.ops.replay", "-q", str(v.journal)], cwd=ROOT,
                              capture_output=True, timeout=120)
-        assert bad.returncode == 1 and b"DIFFERS" in bad.stderr and b"exchange.jsonl.1:" in bad.stderr, bad.stderr
+        assert bad.returncode == 1 and b"DIFFERS" in bad.stderr and f"{seg.name}:".encode() in bad.stderr, bad.stderr
 
 
 def drain(c: VenueClient, seconds: float) -> list[Any]:
