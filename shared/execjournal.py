@@ -33,7 +33,7 @@ from typing import Any
 import msgspec
 
 from shared.execstate import ExecLine, ExecState, Snapshot, decode_line, restore, snapshot
-from shared.journal import boundary_before, closed_segments, segment_lines, segments
+from shared.journal import closed_segments, roll_reason, segment_lines, segments
 from shared.journalfiles import CHECKPOINT, NEXT, errno_name, roll_segment, write_atomically
 
 SUFFIX, BASE_SUFFIX = ".execs", ".execs.base"
@@ -405,14 +405,9 @@ class ExecJournal:
             return
         if self._pending_cp is not None:
             self._write_checkpoint(self._pending_cp)
-        if not self.size:
-            return
-        if self.size >= self.segment_bytes:
-            self.roll("size")
-        elif self.roll_at is not None and self.first_ns is not None:
-            now_s = time.time() if now_s is None else now_s
-            if self.first_ns < boundary_before(now_s, self.roll_at) * 1e9:
-                self.roll("session")
+        reason = roll_reason(self.size, self.segment_bytes, self.first_ns, self.roll_at, now_s)
+        if reason is not None:
+            self.roll(reason)
 
     def roll(self, reason: str) -> bool:
         """Close the open segment as ``.execs.<n+1>``, open a new one, write the checkpoint; the index

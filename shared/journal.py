@@ -107,6 +107,21 @@ def entries_after(journal: str | os.PathLike[str], order_no: int) -> Iterator[En
                     yield e
 
 
+def roll_reason(size: int, segment_bytes: int, first_ns: int | None, roll_at: int | None,
+                now_s: float | None = None) -> str | None:
+    """Why an open segment of ``size`` bytes, whose first line came at ``first_ns``, is due to roll:
+    "size" when full, "session" when it began before the last daily boundary; None when it is not."""
+    if not size:
+        return None
+    if size >= segment_bytes:
+        return "size"
+    if roll_at is not None and first_ns is not None:
+        now_s = time.time() if now_s is None else now_s
+        if first_ns < boundary_before(now_s, roll_at) * 1e9:
+            return "session"
+    return None
+
+
 def boundary_before(now_s: float, minute_of_day: int) -> float:
     """The latest daily boundary (``minute_of_day`` minutes after 00:00 UTC) at or before ``now_s``."""
     b = now_s - now_s % 86400 + minute_of_day * 60
@@ -373,14 +388,9 @@ class Journal:
             return
         if self._pending_cp is not None:
             self._write_checkpoint(self._pending_cp)
-        if not self.size:
-            return
-        if self.size >= self.segment_bytes:
-            self.roll("size")
-        elif self.roll_at is not None and self.first_ns is not None:
-            now_s = time.time() if now_s is None else now_s
-            if self.first_ns < boundary_before(now_s, self.roll_at) * 1e9:
-                self.roll("session")
+        reason = roll_reason(self.size, self.segment_bytes, self.first_ns, self.roll_at, now_s)
+        if reason is not None:
+            self.roll(reason)
 
     def roll(self, reason: str) -> bool:
         """Close the open segment as ``path.<n+1>``, open a new one, write the checkpoint."""
