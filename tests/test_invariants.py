@@ -193,6 +193,30 @@ def test_fill_problems_bound_each_client_on_fills_and_check_the_audit() -> None:
     assert fill_problems(FILLS, {}, [], audit) == ["audit: c-2 positions {'AAPL': -5}, its fills make {'AAPL': -3}"]
 
 
+def test_fill_problems_allow_what_a_counted_order_left_unfilled() -> None:
+    """At +10 the rule sells 20; with the sell still open (exposure -10) the signal turns and it buys 20.
+    The sell expires unfilled (another client took the quote's bid), the buy fills: +30, as the rule of
+    contract §7 counts an open order as done. Beyond that, or without a decision that counted it, a breach."""
+    seen = {"position": 10, "open_orders": [{"order_id": "o2", "side": "SELL", "qty": 20, "cum_qty": 0,
+                                             "leaves_qty": 20}]}
+    journal = [order(1, tif="ioc"), order(2, 20, "SELL", tif="ioc"), {**order(3, 20, tif="ioc"), "ctx": seen},
+               order(4, tif="ioc")]
+    execs = [x(1, 1, "new", leaves=10), x(2, 1, "filled", 10, 10), x(3, 2, "new", side="SELL", leaves=20),
+             x(4, 2, "expired", side="SELL"), x(5, 3, "new", leaves=20), x(6, 3, "filled", 20, 20)]
+    assert fill_problems(execs, {"s-1": 10}, [], journal=journal) == []
+    found = fill_problems(execs, {"s-1": 10}, [], journal=[*journal[:2], order(3, 20, tif="ioc")])
+    assert found == ["s-1 filled position 30 AAPL beyond ±10 after exec 6 (o3)"], found
+    more = [*execs, x(7, 4, "new", leaves=10), x(8, 4, "filled", 10, 10)]
+    assert fill_problems(more, {"s-1": 10}, [], journal=journal) == [
+        "s-1 filled position 40 AAPL beyond ±10 after exec 8 (o4)"]
+    # What a counted sell left lets the position go above the bound only.
+    down = [x(1, 2, "new", side="SELL", leaves=20), x(2, 2, "expired", side="SELL"),
+            x(3, 1, "new", side="SELL", leaves=10), x(4, 1, "filled", 10, 10, side="SELL"),
+            x(5, 4, "new", side="SELL", leaves=10), x(6, 4, "filled", 10, 10, side="SELL")]
+    assert fill_problems(down, {"s-1": 10}, [], journal=journal) == [
+        "s-1 filled position -20 AAPL beyond ±10 after exec 6 (o4)"]
+
+
 def rx(pid: int, event: str, exec_id: int | None = None, last: int | None = None) -> dict[str, Any]:
     r: dict[str, Any] = {"pid": pid, "event": event, "ts": "t"}
     if event == "logged_on":

@@ -105,14 +105,26 @@ def exec_problems(execs: list[ExecLine], journal: list[dict[str, Any]], base: in
 
 
 def fill_problems(execs: list[ExecLine], bounds: Mapping[str, int | None], logons: list[dict[str, Any]],
-                  audit_clients: Mapping[str, Any] | None = None) -> list[str]:
+                  audit_clients: Mapping[str, Any] | None = None, journal: Iterable[dict[str, Any]] = ()
+                  ) -> list[str]:
     """Positions are the sum of fills: each client's of ``bounds`` ({client_id: qty}) within ±qty
-    after every fill (a qty of None: no bound); each ``logon`` line of the ordermanager (what its
+    after every fill (a qty of None: no bound), and beyond it by no more than what the orders its
+    rule counted as open when it decided another (``journal``: an order's ``ctx.open_orders``) left
+    unfilled as they ended; each ``logon`` line of the ordermanager (what its
     logon_ack said) shows the client's fills up to its ``last_exec_id``; the audit's positions
     (``audit_clients``, its ``clients`` document) are the exec journal's."""
     problems: list[str] = []
     pos: dict[tuple[str, str], int] = defaultdict(int)
     over: set[str] = set()
+    # The rule counts an open order as done (contract §7): at +10 with a sell of 20 open it buys 20. If
+    # the sell then expires unfilled (an ioc order, the quote's bid taken by another client), the buy
+    # still fills: +30. So what a counted order left unfilled widens the bound, on the other side.
+    qtys: dict[tuple[str, str], int] = {}
+    counted: set[tuple[str, str]] = set()
+    for e in journal:
+        qtys[(e["client_id"], e["order_id"])] = e["qty"]
+        counted.update((e["client_id"], o["order_id"]) for o in (e.get("ctx") or {}).get("open_orders", ()))
+    room: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # (client_id, symbol) -> [above, below]
     due: dict[int, list[dict[str, Any]]] = defaultdict(list)  # exec_id -> the logons to check after it
     for r in logons:
         if r.get("last_exec_id") is None:
@@ -126,14 +138,17 @@ def fill_problems(execs: list[ExecLine], bounds: Mapping[str, int | None], logon
         return {s: q for (c, s), q in pos.items() if c == cid and q}
 
     for x in execs:
+        key = (x.client_id, x.symbol)
         if x.last_qty:
-            key = (x.client_id, x.symbol)
             pos[key] += x.last_qty if x.side == "BUY" else -x.last_qty
             qty = bounds.get(x.client_id)
-            if qty is not None and x.client_id not in over and abs(pos[key]) > qty:
+            above, below = room[key]
+            if qty is not None and x.client_id not in over and not -qty - below <= pos[key] <= qty + above:
                 problems.append(f"{x.client_id} filled position {pos[key]} {x.symbol} beyond ±{qty} "
                                 f"after exec {x.exec_id} ({x.order_id})")
                 over.add(x.client_id)
+        if x.status in TERMINAL and (x.client_id, x.order_id) in counted:
+            room[key][x.side == "BUY"] += qtys.get((x.client_id, x.order_id), x.cum_qty) - x.cum_qty
         for r in due.pop(x.exec_id, ()):
             want = held(r["client_id"])
             if r["client_id"] != x.client_id or (r.get("positions") or {}) != want:
@@ -295,7 +310,8 @@ def healed(stack: Any, restarted: Mapping[str, int] | None = None, acks: Iterabl
     strategy while its order link was down or the book stale. Each per client.
     Then the venue's (contract §9): every exec delivered to its strategy (waited
     for), once; the exec journal's invariants; positions the sum of fills, in
-    every logon_ack, the exec journal and the audit, within each strategy's bound.
+    every logon_ack, the exec journal and the audit, within each strategy's bound (widened by what
+    an order its rule counted as open left unfilled).
     """
     t0 = time.monotonic()
     deadline = t0 + timeout
@@ -332,7 +348,7 @@ def healed(stack: Any, restarted: Mapping[str, int] | None = None, acks: Iterabl
     problems += ack_problems(journal, acked)
     problems += exec_problems(execs, journal, base)
     problems += fill_problems(execs, position_bounds(cfg), stack.events("ordermanager", "logon"),
-                              pnlaudit.clients(journal, {}, execs, base))
+                              pnlaudit.clients(journal, {}, execs, base), journal)
     problems += deliveries(stack, execs)[0]
     for st in cfg.all_strategies():
         problems += [f"{st.program}: {p}" for p in strategy_problems(stack.log(st.program))]

@@ -420,7 +420,7 @@ def fleet_problems(orders: Host, traders: list[Host], qty: int) -> list[str]:
         problems += [f"{t.name}: {p}" for p in journal_problems(journal)]
         problems += [f"{t.name}: {p}" for p in ack_problems(journal, acks)]
         problems += [f"{t.name}: {p}" for p in exec_problems(execs, journal, base)]
-        problems += [f"{t.name}: {p}" for p in fill_problems(execs, {t.name: qty}, [])]
+        problems += [f"{t.name}: {p}" for p in fill_problems(execs, {t.name: qty}, [], journal=journal)]
         problems += [f"{t.name}: {p}" for p in delivery_problems(execs, {t.name: records})[0]]
         problems += [f"{t.name}: {p}" for p in strategy_problems(records)]
     return sorted(set(problems))
