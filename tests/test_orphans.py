@@ -120,6 +120,10 @@ def test_kill9_supervisord_while_orders_flow_then_up(make_stack: Any) -> None:
     assert set(stack.pids().values()).isdisjoint(old.values())
 
     # The client comes back and resends everything: what was acked is a duplicate, under the same order_no.
+    # Once the new ordermanager's link to the venue is up too: till then an order is unavailable (up
+    # waits for RUNNING, and for listening records that the old processes' lines already satisfy).
+    stack.wait_for(lambda: [r for r in stack.events("ordermanager", "venue_logged_on")
+                            if r["pid"] != old["ordermanager"]], timeout=30)
     c2 = stack.wait_for(lambda: _logon(host, port, client, stack.token), timeout=30)
     try:
         c2.send_raw(b"".join(frame(o) for o in orders))
