@@ -19,6 +19,7 @@ import time
 import tomllib
 import uuid
 import xmlrpc.client
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,19 @@ PROGRAMS = ("auditor", "bootstrap", "exchange", "gateway", "metrics", "orderbook
             "strategy")  # every stack's
 
 
+_handed: deque[int] = deque(maxlen=64)  # the ports free_port gave lately: perhaps not bound yet
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port nobody listens on right now, and none of the last ones given: the kernel may offer
+    a port again before the first caller binds it (a stack's price and news ports were one, once)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _handed:
+            _handed.append(port)
+            return port
 
 
 def _toml_value(v: Any) -> str:
