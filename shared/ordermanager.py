@@ -270,7 +270,7 @@ class OrderManager:
             self.risk.halted = halted
 
     def _commit(self) -> None:
-        """Group commit: journal first, then the log lines, then the acks. A
+        """Group commit: journal first, then the routes, the acks and the log lines. A
         failed write turns the turn's new orders into ``unavailable`` rejects."""
         if not self.acks:
             return
@@ -299,11 +299,13 @@ class OrderManager:
                     routes += route(accepted)
             out.setdefault(conn, bytearray()).extend(frame(Ack(order_id=oid, order_no=no, duplicate=dup)))
         self.acks.clear()
-        logs.flush()
-        for conn, acks in out.items():
-            conn.write(acks)
+        # The routes first, then the acks, then the log lines: each write may wake another process that
+        # queues for a core, and the venue's is on the way to the fill (the journal is written already).
         if routes:  # a link lost since: routed after the next logon_ack, as every order without an exec
             self.router.link.send(routes)
+        for conn, acks in out.items():
+            conn.write(acks)
+        logs.flush()
 
     def step(self) -> None:
         # Read first, then judge silence: after a long deschedule the peers'

@@ -20,7 +20,9 @@ HEADER = 4
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 Seq = Annotated[int, msgspec.Meta(ge=0)]
-OrderId = Annotated[str, msgspec.Meta(pattern=r"^[\x20-\x7e]{1,128}$")]
+# 1-128 printable ASCII characters: the length here, the characters in each message's __post_init__
+# (``_printable``). A regex ``pattern`` did both, at about 1.2 us a field per decode.
+OrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
 Side = Literal["BUY", "SELL"]
 OrdType = Literal["limit", "market"]
@@ -28,6 +30,13 @@ Tif = Literal["day", "ioc"]
 ExecStatus = Literal["new", "partially_filled", "filled", "canceled", "expired"]
 TERMINAL = frozenset(("filled", "canceled", "expired"))
 Qty = Annotated[int, msgspec.Meta(ge=0)]
+
+
+def _printable(name: str, value: str | None) -> None:
+    """An order_id or client_id (None: left out) of printable ASCII only, or ValueError (a ValidationError
+    when decoding)."""
+    if value is not None and not (value.isascii() and value.isprintable()):
+        raise ValueError(f"Expected 1-128 printable ASCII characters, not {value[:32]!r} - at `$.{name}`")
 
 
 class _Msg(msgspec.Struct, tag_field="type", omit_defaults=True, frozen=True):
@@ -80,6 +89,10 @@ class Logon(_Msg, tag="logon", frozen=True):
     token: str
     instance: OrderId | None = None
     last_exec_id: Seq | None = None  # 1.2: then every exec of this client above it follows the logon_ack, in order
+
+    def __post_init__(self) -> None:
+        _printable("client_id", self.client_id)
+        _printable("instance", self.instance)
 
     def refused(self, token: bytes) -> tuple[str, str] | None:
         """Why a server refuses this logon before looking at who it is (reject reason, detail), or None."""
@@ -142,6 +155,7 @@ class Order(_Msg, tag="order", frozen=True):
     ctx: DecisionContext | None = None
 
     def __post_init__(self) -> None:
+        _printable("order_id", self.order_id)
         # Times are u64; a bigger int would crash the ordermanager's JSON log line (msgspec
         # bounds only int64, so the check lives here; decoding turns it into a ValidationError).
         if self.ts_ns >= 1 << 64 or self.tick_ts_ns >= 1 << 64:
@@ -155,6 +169,10 @@ class Cancel(_Msg, tag="cancel", frozen=True):
 
     order_id: OrderId
     client_id: OrderId | None = None
+
+    def __post_init__(self) -> None:
+        _printable("order_id", self.order_id)
+        _printable("client_id", self.client_id)
 
 
 class Route(_Msg, tag="route", frozen=True):
@@ -170,6 +188,10 @@ class Route(_Msg, tag="route", frozen=True):
     price: Positive | None = None
     ord_type: OrdType = "limit"
     tif: Tif = "day"
+
+    def __post_init__(self) -> None:
+        _printable("client_id", self.client_id)
+        _printable("order_id", self.order_id)
 
 
 class Exec(_Msg, tag="exec", frozen=True):
@@ -192,6 +214,10 @@ class Exec(_Msg, tag="exec", frozen=True):
     side: Side
     client_id: OrderId | None = None
     order_no: PositiveInt | None = None
+
+    def __post_init__(self) -> None:
+        _printable("order_id", self.order_id)
+        _printable("client_id", self.client_id)
 
 
 class OpenOrder(msgspec.Struct, frozen=True):
@@ -232,6 +258,9 @@ class Reject(_Msg, tag="reject", frozen=True):
     reason: Literal["bad_frame", "bad_message", "not_logged_on", "unauthorized", "risk", "unavailable", "unknown_order"]
     detail: str
     client_id: OrderId | None = None  # the venue's reject of a cancel names the client, for the ordermanager
+
+    def __post_init__(self) -> None:
+        _printable("client_id", self.client_id)
 
 
 Message = Hello | Price | News | Heartbeat | Subscribe | Logon | Order | Cancel | Route | Exec | LogonAck | Ack | Reject

@@ -108,25 +108,23 @@ class Router:
     # --- execs to the strategies --------------------------------------------------
 
     def commit(self) -> None:
-        """Group commit of the turn's execs: journal first, then the log lines, then to the strategies."""
+        """Group commit of the turn's execs: journal first, then to the strategies, then the log lines."""
         lines = self.execs.commit()
         if lines is None:  # too many held through a write outage: the venue sends them again after our logon
             self.link.drop("exec_journal_failed")
             return
         if not lines:
             return
-        touched = set()
+        for cid in {x.client_id for x in lines}:
+            conn = self.clients.get(cid)
+            if conn is not None:
+                self.pump(conn)
         for x in lines:
-            touched.add(x.client_id)
             if x.last_qty:
                 logs.hot("order_filled", order_id=x.order_id, client_id=x.client_id, exec_id=x.exec_id,
                          last_qty=x.last_qty, last_px=x.last_px, cum_qty=x.cum_qty, status=x.status,
                          order_no=x.order_no, symbol=x.symbol, side=x.side, leaves_qty=x.leaves_qty)
         logs.flush()
-        for cid in touched:
-            conn = self.clients.get(cid)
-            if conn is not None:
-                self.pump(conn)
 
     def start_from(self, conn: Conn, client_id: str, last_exec_id: int | None) -> int:
         """Point a newly logged-on connection after ``last_exec_id`` (None: after every exec so far);

@@ -305,7 +305,8 @@ class Trader:
             a: Ack = msg  # type: ignore[assignment]
             self.pending.pop(a.order_id, None)
             self.resending.discard(a.order_id)
-            self.log.info("order_acked", order_id=a.order_id, order_no=a.order_no, duplicate=a.duplicate)
+            logs.hot("order_acked", client_id=self.client_id, order_id=a.order_id, order_no=a.order_no,
+                     duplicate=a.duplicate)
         elif t is Reject:
             r: Reject = msg  # type: ignore[assignment]
             if not self.logged_on:

@@ -4,9 +4,13 @@ loopback processes. No timings are judged: speed is the full bench's."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import pytest
 
-from shared.ops.bench import fanout, omprofile
+from shared.ops.bench import fanout, omprofile, workfloor
 from shared.ops.bench.orderentry import ACK, REJECT, _Scan, bare_outside, orders
 from shared.protocol import Ack, Reject, frame
 
@@ -71,3 +75,15 @@ def test_fanout_floor_every_order(n: int) -> None:
 def test_outside_client_on_bare_acks() -> None:
     r = bare_outside(conns=2, n=500)
     assert (r["acked"], r["rejected"], r["complete"]) == (1000, 0, True) and r["rate"] > 0
+
+
+def test_work_floor_runs_every_stage() -> None:
+    """The work floor (a CLI of its own: it configures the process's logging) prints each stage's CPU per
+    order and the ceiling; every order was matched (an order's new, and a fill or a rest)."""
+    out = subprocess.run([sys.executable, "-m", "shared.ops.bench.workfloor", "--orders", "300"], capture_output=True,
+                         text=True, check=True, timeout=120).stdout
+    for stage in workfloor.STAGES:
+        assert re.search(rf"^\| {re.escape(stage)} \| \d+\.\d \|$", out, re.M), out
+    assert re.search(r"^\| all \([12]\.\d\d execs per order\) \| \d+\.\d \|$", out, re.M), out
+    assert re.search(r"^Ceiling on \d+ cores, with no I/O and no loop: [\d,]+ orders/s .*; the ordermanager alone, "
+                     r"one process: [\d,]+ orders/s\.$", out, re.M), out

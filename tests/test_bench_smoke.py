@@ -25,6 +25,7 @@ ROWS = [
     "price feed gaps / slow-consumer drops / lost",
     "tick → book p50", "tick → book p99", "ordermanager, 4 pipelining clients", "ordermanager orders acked / journaled",
     "order entry, one outside client, 4 × 2,500 orders pipelined", "order entry acked / journaled",
+    "order entry's work floor",
     "book read from Python", "RSS gateway", "RSS orderbook", "RSS strategy", "RSS ordermanager", "RSS bootstrap",
     "RSS auditor", "RSS ordermanager after", "book segment", "book bytes per symbol",
     "recovery kill -9 gateway → book fresh p50", "recovery kill -9 gateway → book fresh p99",

@@ -138,7 +138,10 @@ def test_market_orders_fill_and_limit_orders_rest_and_are_canceled(three: Stack)
         assert (o.get("ord_type"), o.get("tif"), x["cum_qty"]) == ("market", "ioc", o["qty"]), (o, x)
         assert x["last_px"] <= o["price"] if o["side"] == "BUY" else x["last_px"] >= o["price"]
     canceled = three.wait_for(lambda: [x for x in exec_journal(three, "revert") if x["status"] == "canceled"], 30)
-    asked = {r["order_id"] for r in three.events("strategy-revert", "cancel_sent")}
+    # The strategy's log reaches its file through supervisord's pipe: it may come after the cancel is answered.
+    ids = {x["order_id"] for x in canceled}
+    asked = three.wait_for(lambda: ids <= (a := {r["order_id"] for r in three.events("strategy-revert", "cancel_sent")})
+                           and a, 10)
     for x in canceled:
         o = orders[x["order_id"]]
         assert (o.get("ord_type", "limit"), o.get("tif", "day")) == ("limit", "day")  # the defaults are left out

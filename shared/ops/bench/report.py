@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.ops.bench import backtest, fourhop, tapes, venue
+from shared.ops.bench import backtest, fourhop, tapes, venue, workfloor
 from shared.ops.bench.fanout import label
 from shared.ops.bench.plan import (
     BOOK_P99_US,
@@ -160,6 +160,14 @@ def rows(res: dict[str, Any]) -> list[Row]:
                 "", "", ""))
     out.append(("order entry acked / journaled", f"{oe['acked']:,} / {oe['journaled']:,}", "", "", "", "equal",
                 verdict(oe["acked"] == oe["journaled"] and not oe["rejected"] and oe["complete"])))
+    if "workfloor" in res:  # issues 15 and 17: what the stack's own work per order allows at most
+        wf = res["workfloor"]
+        stages = " + ".join(fmt(v * 1e6, 1) for v in wf["per_order"].values())
+        om = wf["per_order"][workfloor.STAGES[0]] + wf["per_order"][workfloor.STAGES[2]]
+        out.append((f"order entry's work floor: the stack's own work per order in one process, no I/O, no loop"
+                    f" (orders/s on {wf['cores']} cores)", fmt(workfloor.ceiling(wf)),
+                    f"{stages} µs of CPU per order (ordermanager in, exchange, ordermanager execs): the ordermanager"
+                    f" alone, one process, {fmt(1 / om)} orders/s", "", "", "", ""))
     rd, unpack = res["read_ns"]
     out.append(("book read from Python (ns, consistent)", fmt(rd), f"{fmt(unpack)} bare unpack", ratio(rd, unpack),
                 "", "", ""))

@@ -29,7 +29,20 @@ from typing import Any
 
 from shared.book import Segment
 from shared.config import ROOT
-from shared.ops.bench import ab, backtest, fanout, fourhop, journal, loopback, orderentry, scrape, suite, tapes, venue
+from shared.ops.bench import (
+    ab,
+    backtest,
+    fanout,
+    fourhop,
+    journal,
+    loopback,
+    orderentry,
+    scrape,
+    suite,
+    tapes,
+    venue,
+    workfloor,
+)
 from shared.ops.bench.plan import (
     BOOK_RATE,
     NEWS_RATE,
@@ -200,6 +213,9 @@ def references(plan: Plan, res: dict[str, Any]) -> None:
     res["om_bare"] = loopback.bare_order_load(plan.om_s)
     say(f"bare ack server, the outside client: 4 × {plan.oe_orders:,} orders")
     res["oe_bare"] = orderentry.bare_outside(n=plan.oe_orders)
+    say(f"work floor: the stack's own work for {plan.oe_orders:,} orders, one process, no I/O")
+    with loopback.Roles() as roles:
+        res["workfloor"] = loopback._recv(roles.spawn(workfloor.role, plan.oe_orders), 120)
     res["rss_bare"] = bare_rss_mb()
 
 
