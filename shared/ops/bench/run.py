@@ -234,9 +234,9 @@ def feed_stack(workdir: Path, plan: Plan, res: dict[str, Any]) -> None:
         try:
             time.sleep(min(2.0, plan.feed_s / 2))  # past the start, into the steady state
             rate = 0
-            for attempt in range(3):
+            for attempt in range(plan.feed_tries):
                 f = feed_run(stack, seg, plan.feed_s)
-                if f["clean"] or attempt == 2:
+                if f["clean"] or attempt == plan.feed_tries - 1:
                     break
                 rate = int(f["rate"] * 0.8)  # not clean: step the configured rate down
                 say(f"feed not clean ({f}); stepping price_rate to {rate}")
