@@ -78,7 +78,7 @@ def test_bench_quick_report_shape(tmp_path: Path) -> None:
 def test_fourhop_quick(tmp_path: Path) -> None:
     """python -m shared.ops.bench.fourhop, small: the floor's rows and the strategy's decision → new and → fill
     beside it, with numbers that make sense (the floor's fills after their news); no speed is judged."""
-    r = subprocess.run([sys.executable, "-m", "shared.ops.bench.fourhop", "--seconds", "3", "--floor-seconds", "1"],
+    r = subprocess.run([sys.executable, "-m", "shared.ops.bench.fourhop", "--seconds", "2", "--floor-seconds", "1"],
                        cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     body = {cells[0]: cells for cells in ([c.strip() for c in ln.strip("|").split("|")]
