@@ -77,6 +77,7 @@ class Plan:
     backtest_prices: int = 10_000_000  # issue 16: the backtest's tape
     backtest_news: int = 50_000
     venue_scale: int = 1  # the venue's restart journal and engine run, divided by this
+    venue_lines: int | None = None  # the restart's journal lines, if not 1,000,000 / venue_scale
     fourhop_s: float = 7.0  # each run of the four-hop floor (issue 15), at the stack's pace: while it trades, then idle
     tape: TapePlan = TapePlan()  # issue 16: stack-record at 200,000 ticks/s, a tape served at speed 0
 
@@ -85,8 +86,8 @@ class Plan:
 # time of a quick run is its processes' starts, not these.
 QUICK = Plan(feed_s=1.0, feed_tries=2, t2t_s=2.0, floor_n=200, raw_s=0.5, book_s=0.5, om_s=0.5, kills=1, up_kills=1,
              reads=20_000, windows_s=1.0, idle_s=1.0, strategies=(1, STRATEGIES), fanouts=(1, STRATEGIES),
-             oe_orders=2_500, backtest_prices=300_000, backtest_news=1_500, venue_scale=10, fourhop_s=1.0,
-             tape=QUICK_TAPE)
+             oe_orders=2_500, backtest_prices=300_000, backtest_news=1_500, venue_scale=10, venue_lines=20_000,
+             fourhop_s=1.0, tape=QUICK_TAPE)
 
 
 @dataclass(frozen=True)

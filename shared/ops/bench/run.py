@@ -324,7 +324,7 @@ def run(plan: Plan, workdir: Path) -> dict[str, Any]:
     res["backtest"] = backtest.measure(plan.backtest_prices, plan.backtest_news, workdir)
     references(plan, res)
     res["tapes"] = tapes.measure(plan.tape, workdir / "tapes", raw=res["raw"])
-    res["venue"] = venue.run(plan.venue_scale, workdir / "venue")
+    res["venue"] = venue.run(plan.venue_scale, workdir / "venue", plan.venue_lines)
     feed_stack(workdir / "feed", plan, res)
     recovery_run = STRATEGIES if STRATEGIES in plan.strategies else plan.strategies[-1]
     for n in plan.strategies:  # decision → new and → fill in the run of fewest strategies (one, by default)

@@ -214,14 +214,15 @@ def restart_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str, 
     return out
 
 
-def run(scale: int = 1, workdir: Path | None = None) -> dict[str, Any]:
-    """Both measurements, their sizes divided by ``scale`` (10: ``--quick``)."""
+def run(scale: int = 1, workdir: Path | None = None, lines: int | None = None) -> dict[str, Any]:
+    """Both measurements, their sizes divided by ``scale`` (10: ``--quick``); the restart's journal ``lines``
+    long if given (at least its resting orders and an open segment 90 % full)."""
     say("venue: the matching engine in-process")
     res: dict[str, Any] = {"engine": engine_rate(300_000 // scale)}
     tmp = Path(tempfile.mkdtemp(prefix="tsvenue")) if workdir is None else workdir
     try:
         say("venue: a restart of the exchange on a long journal")
-        res["restart"] = restart(tmp / "restart", 100_000 // scale, 1_000_000 // scale)
+        res["restart"] = restart(tmp / "restart", 100_000 // scale, lines or 1_000_000 // scale)
     finally:
         if workdir is None:
             shutil.rmtree(tmp, ignore_errors=True)
