@@ -163,11 +163,11 @@ def rows(res: dict[str, Any]) -> list[Row]:
     if "workfloor" in res:  # issues 15 and 17: what the stack's own work per order allows at most
         wf = res["workfloor"]
         stages = " + ".join(fmt(v * 1e6, 1) for v in wf["per_order"].values())
-        om = wf["per_order"][workfloor.STAGES[0]] + wf["per_order"][workfloor.STAGES[2]]
+        om_cpu = wf["per_order"][workfloor.STAGES[0]] + wf["per_order"][workfloor.STAGES[2]]
         out.append((f"order entry's work floor: the stack's own work per order in one process, no I/O, no loop"
                     f" (orders/s on {wf['cores']} cores)", fmt(workfloor.ceiling(wf)),
                     f"{stages} µs of CPU per order (ordermanager in, exchange, ordermanager execs): the ordermanager"
-                    f" alone, one process, {fmt(1 / om)} orders/s", "", "", "", ""))
+                    f" alone, one process, {fmt(1 / om_cpu)} orders/s", "", "", "", ""))
     rd, unpack = res["read_ns"]
     out.append(("book read from Python (ns, consistent)", fmt(rd), f"{fmt(unpack)} bare unpack", ratio(rd, unpack),
                 "", "", ""))
